@@ -1,0 +1,178 @@
+"""EntRGi: entropy-aware reward guidance on the logits of a masked diffusion LM.
+
+Implements the guidance step of Tejaswi et al., "EntRGi: Entropy-aware Reward Guidance
+for diffusion language models" (arXiv 2602.05000), SPEC §1-§2. Pure tensor functions:
+models come in as callables, randomness as an explicit `torch.Generator`.
+
+At one denoising step the denoiser gives logits phi at the masked positions. A reward
+model R reads input embeddings, so phi is turned into embeddings through its embedding
+matrix E (rows in the denoiser's vocabulary) and nudged by gradient ascent on R:
+
+    q       = softmax(phi)                                  model distribution
+    H(q)    = -sum_i q_i log q_i                            entropy in nats, 0 <= H <= log V
+    w       = H(q) / log V                                  entropy weight in [0, 1], no gradient
+    soft    = softmax(phi / tau) @ E                        continuous relaxation  (e~)
+    x       ~ Categorical(softmax(filter(phi / tau)))       top-p / top-k filtered draw
+    hard    = E[x]                                          real token embedding   (e-)
+    e_hat   = soft + sg(w * (hard - soft))                  EntRGi input            (e^)
+
+sg is stop-gradient (`.detach()`). The forward value of e_hat is (1 - w) * soft + w * hard;
+its gradient with respect to phi is always that of the soft path. The baselines are the
+same formula with w = 1 ("aps", the straight-through estimator: R reads the hard token)
+and w = 0 ("expectation", the continuous relaxation: R reads soft).
+
+`guide` runs `steps` (M) steps of a fresh Adam(lr = eta) on phi maximising the summed
+reward, re-drawing x at every step, and returns the optimised logits.
+
+Shapes:
+    B  rows (prompts x trajectories)     L  positions      V  vocabulary      d  embedding
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+METHODS = ("entrgi", "aps", "expectation")
+
+RewardFn = Callable[[Tensor, Tensor], Tensor]
+"""reward_fn(embeds (B, L, d), tokens (B, L) long) -> rewards (B,), differentiable in embeds."""
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """H(softmax(logits)) in nats over the last dim, computed in float32.
+
+    Entries of -inf have probability 0 and contribute 0 (0 * log 0 = 0), so rows with
+    filtered-out tokens stay finite. (..., V) -> (...).
+    """
+    log_q = torch.log_softmax(logits.float(), dim=-1)  # (..., V)
+    q = log_q.exp()  # (..., V)
+    return -(q * torch.where(q > 0, log_q, 0.0)).sum(-1)  # (...)
+
+
+def entropy_weight(logits: Tensor) -> Tensor:
+    """w = H(softmax(logits)) / log V in [0, 1], with no gradient. (..., V) -> (...).
+
+    Note: no temperature (SPEC §2, step 3). w = 0 for a one-hot distribution, 1 for uniform.
+    """
+    vocab_size = logits.shape[-1]
+    weight = entropy(logits.detach()) / math.log(vocab_size)  # (...)
+    return weight.clamp(0.0, 1.0)  # rounding can leave H a hair outside [0, log V]
+
+
+def reward_inputs(
+    logits: Tensor,
+    embed_matrix: Tensor,
+    hard_tokens: Tensor,
+    method: str,
+    temperature: float = 1.0,
+) -> Tensor:
+    """The reward model's input embeddings at the guided positions.
+
+        soft  = softmax(logits / tau) @ E          (..., d), differentiable in logits
+        hard  = E[hard_tokens]                      (..., d)
+        e_hat = soft + sg(w * (hard - soft))        w = entropy_weight(logits) | 1 | 0
+
+    for method "entrgi" | "aps" | "expectation". logits (..., V), embed_matrix (V, d),
+    hard_tokens (...) long. Returns (..., d) in embed_matrix's dtype.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown guidance method {method!r}; expected one of {METHODS}")
+    q_tau = torch.softmax(logits.float() / temperature, dim=-1)  # (..., V)
+    soft = q_tau.to(embed_matrix.dtype) @ embed_matrix  # (..., d)
+    if method == "expectation":
+        return soft
+    hard = embed_matrix[hard_tokens]  # (..., d)
+    if method == "aps":
+        return soft + (hard - soft).detach()
+    weight = entropy_weight(logits).unsqueeze(-1).to(soft.dtype)  # (..., 1)
+    return soft + (weight * (hard - soft)).detach()
+
+
+def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus. (..., V) -> (..., V).
+
+    Top-p keeps the smallest set of most probable tokens whose probability mass reaches
+    top_p: token i is kept iff the mass of the tokens ranked strictly above it is < top_p,
+    so the most probable token is always kept. top_p = 1 or None and top_k = None are no-ops.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = torch.where(logits < kth, -math.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+        sorted_q = torch.softmax(sorted_logits.float(), dim=-1)  # (..., V)
+        mass_above = sorted_q.cumsum(-1) - sorted_q  # (..., V) mass ranked strictly above
+        drop_sorted = mass_above >= top_p  # (..., V)
+        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)  # (..., V)
+        logits = torch.where(drop, -math.inf, logits)
+    return logits
+
+
+def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row from the categorical distribution `probs`. (..., V) -> (...) long.
+
+    Exponential race (equivalent to Gumbel-max): argmax_i p_i / E_i with E_i ~ Exp(1)
+    i.i.d. picks i with probability p_i. Unlike `torch.multinomial` it works on any
+    leading shape and costs one elementwise pass.
+    """
+    race = torch.empty_like(probs, dtype=torch.float32).exponential_(generator=generator)  # (..., V)
+    return torch.argmax(probs.float() / race, dim=-1)  # (...)
+
+
+def guide(
+    logits: Tensor,
+    masked: Tensor,
+    tokens: Tensor,
+    embed_matrix: Tensor,
+    reward_fn: RewardFn,
+    *,
+    method: str,
+    steps: int,
+    lr: float,
+    temperature: float,
+    top_p: float | None = 0.95,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Reward-guided logits: `steps` Adam steps of gradient ascent on the summed reward.
+
+    SPEC §2, guidance. logits (B, L, V), masked (B, L) bool, tokens (B, L) long,
+    embed_matrix (V, d). At every step, with phi the current logits:
+        x      ~ softmax(filter(phi / tau))                     re-drawn each step
+        embeds = where(masked, reward_inputs(phi, E, x, method, tau), E[tokens])
+        tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off
+        loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
+    The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
+    `masked` is False carry no gradient and come back unchanged, as do all logits when
+    steps = 0 (the generator is then not touched). Returns float32 (B, L, V).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown guidance method {method!r}; expected one of {METHODS}")
+    if temperature <= 0:
+        raise ValueError(f"guidance needs a temperature > 0, got {temperature}")
+    if steps == 0:
+        return logits
+    phi = logits.detach().float().clone().requires_grad_(True)  # (B, L, V)
+    optimizer = torch.optim.Adam([phi], lr=lr, fused=phi.is_cuda)
+    fixed_embeds = embed_matrix[tokens]  # (B, L, d) real tokens at unmasked positions
+    is_masked = masked.unsqueeze(-1)  # (B, L, 1)
+    with torch.enable_grad():
+        for _ in range(steps):
+            with torch.no_grad():
+                if method == "expectation":
+                    hard_tokens = tokens  # unused by the relaxation: no draw needed
+                else:
+                    q_filtered = torch.softmax(filter_logits(phi / temperature, top_p, top_k), dim=-1)  # (B, L, V)
+                    hard_tokens = sample_categorical(q_filtered, generator)  # (B, L)
+                guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)
+            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature)  # (B, L, d)
+            embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
+            loss = -reward_fn(embeds, guided_tokens).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return phi.detach()
