@@ -95,20 +95,22 @@ def reward_inputs(
 def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:
     """Set to -inf every logit outside the top-k and outside the top-p nucleus. (..., V) -> (..., V).
 
-    Top-p keeps the smallest set of most probable tokens whose probability mass reaches
-    top_p: token i is kept iff the mass of the tokens ranked strictly above it is < top_p,
-    so the most probable token is always kept. top_p = 1 or None and top_k = None are no-ops.
+    Both filters are thresholds on the logit value, so tied logits are kept or dropped together.
+    Top-k keeps the logits >= the k-th largest. Top-p keeps token i iff the probability mass
+    of the tokens strictly more probable than i is < top_p: the smallest set of most
+    probable tokens whose mass reaches top_p (the most probable token is always kept).
+    top_p = 1 or None and top_k = None are no-ops.
     """
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
         logits = torch.where(logits < kth, -math.inf, logits)
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+        sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (..., V)
         sorted_q = torch.softmax(sorted_logits.float(), dim=-1)  # (..., V)
         mass_above = sorted_q.cumsum(-1) - sorted_q  # (..., V) mass ranked strictly above
-        drop_sorted = mass_above >= top_p  # (..., V)
-        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)  # (..., V)
-        logits = torch.where(drop, -math.inf, logits)
+        n_keep = (mass_above < top_p).sum(-1, keepdim=True)  # (..., 1) >= 1
+        threshold = sorted_logits.gather(-1, n_keep - 1)  # (..., 1) smallest kept logit
+        logits = torch.where(logits < threshold, -math.inf, logits)
     return logits
 
 
@@ -158,6 +160,7 @@ def guide(
         return logits
     phi = logits.detach().float().clone().requires_grad_(True)  # (B, L, V)
     optimizer = torch.optim.Adam([phi], lr=lr, fused=phi.is_cuda)
+    embed_matrix = embed_matrix.detach()  # guidance moves phi only
     fixed_embeds = embed_matrix[tokens]  # (B, L, d) real tokens at unmasked positions
     is_masked = masked.unsqueeze(-1)  # (B, L, 1)
     with torch.enable_grad():
@@ -172,7 +175,6 @@ def guide(
             guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature)  # (B, L, d)
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
             loss = -reward_fn(embeds, guided_tokens).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (phi.grad,) = torch.autograd.grad(loss, [phi])  # d loss / d phi only: R's weights get no .grad
             optimizer.step()
     return phi.detach()
