@@ -219,7 +219,7 @@ def generate(
                 score = torch.where(tokens == eos_id, -math.inf, score)
             chosen = score.topk(schedule[i][1], dim=-1).indices  # (N, n_fill)
             fill = torch.zeros_like(block_masked).scatter_(1, chosen, True)  # (N, n)
-        placed = torch.where(fill, tokens, mask_id)  # (N, n)
+        placed = torch.where(fill, tokens, response.gather(1, positions))  # (N, n) others keep their token
         ids = torch.cat([ids[:, :P], response.scatter(1, positions, placed)], dim=1)  # (N, S)
         if on_step is not None:
             on_step(i, ids)
