@@ -147,7 +147,7 @@ def _read_config(name: str) -> dict:
 def _load_tokenizer(name: str):
     """The checkpoint's tokenizer without remote code (Dream's tokenizer class lives in its hub code)."""
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompt for / run hub code
     except (OSError, ValueError):
         try:
             return PreTrainedTokenizerFast.from_pretrained(name)
@@ -163,18 +163,22 @@ def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]
                          "(expected Dream or qwen2)")
     dropped = {"model_type", "auto_map", "architectures", "transformers_version", "torch_dtype", "dtype"}
     config = Qwen2Config(**{k: v for k, v in raw.items() if k not in dropped})
+    tokenizer = _load_tokenizer(name)
+    mask_token_id(tokenizer, argparse.Namespace(config=config))  # no mask token: fail before loading the weights
     try:
         model = Qwen2ForCausalLM.from_pretrained(name, config=config, dtype=dtype)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
-    return model, _load_tokenizer(name)
+    return model, tokenizer
 
 
 def load_reward_model(name: str, dtype: torch.dtype):
     """A sequence-classifier reward model with one output, plus its tokenizer."""
     try:
-        AutoConfig.from_pretrained(name)
-        model = AutoModelForSequenceClassification.from_pretrained(name, dtype=dtype)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+        if getattr(config, "num_labels", None) != 1:  # fail before loading the weights
+            raise UsageError(f"reward model {name!r} has {getattr(config, 'num_labels', None)} outputs; expected 1")
+        model = AutoModelForSequenceClassification.from_pretrained(name, config=config, dtype=dtype)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
     return model, _load_tokenizer(name)
