@@ -1,0 +1,595 @@
+"""Property tests for `entrgi` (SPEC §1-§2): the guidance math of EntRGi.
+
+What this module proves, each against an independent float64 / plain-Python reference:
+  * `reward_inputs` has forward value (1 - w) * soft + w * hard with w = H(softmax(phi)) / log V
+    (entrgi), 1 (aps) or 0 (expectation), and for every method the gradient of the soft path;
+    with a reward linear in the embeddings the three methods give bitwise identical gradients
+    and identical `guide` results.
+  * `entropy` / `entropy_weight` are exact at one-hot and uniform logits, bounded by [0, log V]
+    (also with -inf entries and bfloat16 inputs), gradient-free (the weight), shift invariant.
+  * `guide`: shift invariance, one Adam step moves every masked logit by ~lr in the direction of
+    dR/dphi and leaves unmasked positions bit-identical, steps = 0 is a no-op that does not touch
+    the generator, argument validation, vectorised calls with (B, L, d) / (B, L) inputs and
+    argmax tokens at masked positions, rows independent of each other; its hard tokens are fresh
+    draws from softmax(filter(phi / tau)) at every step (5-sigma frequencies, support, reproducible).
+  * `filter_logits` keeps the brute-force top-p nucleus / exactly the top k; no-op settings.
+  * `sample_categorical` draws from the given distribution (5-sigma binomial bounds over 200k
+    draws, zero-probability tokens never drawn) and is reproducible from the generator seed.
+
+All randomness comes from explicit `torch.Generator`s seeded by Hypothesis; CPU, small shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from entrgi import (
+    METHODS,
+    entropy,
+    entropy_weight,
+    filter_logits,
+    guide,
+    reward_inputs,
+    sample_categorical,
+)
+
+# --------------------------------------------------------------------------- shared helpers
+
+FAST = settings(max_examples=15, deadline=None)
+FEW = settings(max_examples=6, deadline=None)
+
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+methods = st.sampled_from(METHODS)
+temperatures = st.sampled_from([0.5, 0.7, 1.0, 1.6])
+logit_scales = st.sampled_from([0.3, 1.0, 3.0])
+
+
+def gen(seed: int) -> torch.Generator:
+    """A CPU generator with a fixed seed (tests never use the global RNG)."""
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class Problem:
+    """One guidance problem: logits (B, L, V), E (V, d), tokens / hard (B, L), masked (B, L)."""
+
+    logits: torch.Tensor
+    embed: torch.Tensor
+    tokens: torch.Tensor
+    hard: torch.Tensor
+    masked: torch.Tensor
+    coef: torch.Tensor  # (B, L, d) reward coefficients
+    temperature: float
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        b, l, v = self.logits.shape
+        return b, l, v, self.embed.shape[-1]
+
+
+@st.composite
+def problems(draw, max_b: int = 3, max_l: int = 4, max_v: int = 12, max_d: int = 5) -> Problem:
+    """Shapes and parameters from Hypothesis, values from a seeded torch.Generator."""
+    b = draw(st.integers(1, max_b))
+    l = draw(st.integers(1, max_l))
+    v = draw(st.integers(2, max_v))
+    d = draw(st.integers(1, max_d))
+    scale = draw(logit_scales)
+    tau = draw(temperatures)
+    g = gen(draw(seeds))
+    logits = torch.randn(b, l, v, generator=g) * scale
+    embed = torch.randn(v, d, generator=g)
+    tokens = torch.randint(0, v, (b, l), generator=g)
+    hard = torch.randint(0, v, (b, l), generator=g)
+    masked = torch.rand(b, l, generator=g) < 0.6
+    masked[0, 0] = True  # at least one guided position
+    if b * l > 1:
+        masked[-1, -1] = False  # at least one fixed position
+    coef = torch.randn(b, l, d, generator=g)
+    return Problem(logits, embed, tokens, hard, masked, coef, tau)
+
+
+def ref_softmax(logits64: torch.Tensor) -> torch.Tensor:
+    """softmax in float64 from exp / sum (exp(-inf) = 0)."""
+    z = logits64 - logits64.max(-1, keepdim=True).values
+    p = z.exp()
+    return p / p.sum(-1, keepdim=True)
+
+
+def ref_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """-sum p log p over p > 0, in float64."""
+    p = ref_softmax(logits.double())
+    terms = torch.where(p > 0, -p * torch.log(torch.where(p > 0, p, 1.0)), 0.0)
+    return terms.sum(-1)
+
+
+def ref_weight(logits: torch.Tensor) -> torch.Tensor:
+    """H(softmax(logits)) / log V in float64, no temperature."""
+    return ref_entropy(logits) / math.log(logits.shape[-1])
+
+
+def ref_soft(logits: torch.Tensor, embed: torch.Tensor, tau: float) -> torch.Tensor:
+    """softmax(logits / tau) @ E in float64."""
+    return ref_softmax(logits.double() / tau) @ embed.double()
+
+
+def ref_soft_vjp(logits: torch.Tensor, embed: torch.Tensor, tau: float, u: torch.Tensor) -> torch.Tensor:
+    """J_soft(logits)^T u by the explicit formula g_k = q_k ((E u)_k - q . E u) / tau, float64."""
+    q = ref_softmax(logits.double() / tau)  # (..., V)
+    eu = u.double() @ embed.double().T  # (..., V)
+    return q * (eu - (q * eu).sum(-1, keepdim=True)) / tau
+
+
+def ref_method_weight(method: str, logits: torch.Tensor) -> torch.Tensor:
+    """The interpolation weight of each method, float64, shape logits.shape[:-1]."""
+    if method == "entrgi":
+        return ref_weight(logits)
+    fill = 1.0 if method == "aps" else 0.0
+    return torch.full(logits.shape[:-1], fill, dtype=torch.float64)
+
+
+def linear_reward(coef: torch.Tensor):
+    """R_b = sum_{l, d} C[b, l, d] * e[b, l, d] (linear in the embeddings)."""
+    return lambda embeds, tokens: (embeds * coef).sum((-2, -1))
+
+
+def sine_reward(coef: torch.Tensor):
+    """R_b = sum_{l, d} C[b, l, d] * sin(e[b, l, d]) (nonlinear, rows independent)."""
+    return lambda embeds, tokens: (coef * torch.sin(embeds)).sum((-2, -1))
+
+
+class Recorder:
+    """A reward_fn that records what `guide` hands it, then applies `inner`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.embeds: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []
+
+    def __call__(self, embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        self.embeds.append(embeds.detach().clone())
+        self.tokens.append(tokens.clone())
+        return self.inner(embeds, tokens)
+
+
+def run_guide(p: Problem, reward_fn, method: str, steps: int, lr: float, seed: int, logits=None, **kw):
+    """guide(...) on problem p with a fresh generator seeded by `seed`."""
+    return guide(
+        p.logits if logits is None else logits, p.masked, p.tokens, p.embed, reward_fn,
+        method=method, steps=steps, lr=lr, temperature=p.temperature, generator=gen(seed), **kw,
+    )
+
+
+def brute_force_nucleus(row: list[float], top_p: float) -> tuple[set[int], list[float]]:
+    """Smallest prefix of the descending-probability order whose mass reaches top_p (plain Python)."""
+    m = max(row)
+    weights = [math.exp(x - m) for x in row]
+    total = sum(weights)
+    probs = [wt / total for wt in weights]
+    order = sorted(range(len(row)), key=lambda i: -probs[i])
+    kept, mass, prefix_masses = set(), 0.0, []
+    for i in order:
+        kept.add(i)
+        mass += probs[i]
+        prefix_masses.append(mass)
+        if mass >= top_p:
+            break
+    return kept, prefix_masses
+
+
+def assert_frequencies(draws: torch.Tensor, probs: torch.Tensor) -> None:
+    """Every count within 5 binomial sigmas of n p; zero-probability tokens never drawn."""
+    n = draws.numel()
+    counts = torch.bincount(draws.reshape(-1), minlength=probs.numel()).double()
+    p = probs.double() / probs.double().sum()
+    sigma = torch.sqrt(n * p * (1 - p))
+    assert torch.all((counts - n * p).abs() <= 5 * sigma + 1e-9), (counts, n * p, sigma)
+    assert torch.all(counts[p == 0] == 0)
+
+
+# --------------------------------------------------------------------------- reward_inputs
+
+
+@FAST
+@given(p=problems(), method=methods, dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_reward_inputs_forward_value(p: Problem, method: str, dtype: torch.dtype):
+    """Forward value is (1 - w) soft + w hard with each method's w (float64 reference, atol 5e-5)."""
+    embed = p.embed.to(dtype)
+    out = reward_inputs(p.logits, embed, p.hard, method, p.temperature)
+    assert out.dtype == dtype and out.shape == (*p.hard.shape, embed.shape[-1])
+    w = ref_method_weight(method, p.logits).unsqueeze(-1)
+    expected = (1 - w) * ref_soft(p.logits, embed, p.temperature) + w * embed.double()[p.hard]
+    # float32 softmax / entropy round to ~1e-6 relative; E entries are O(1): 5e-5 is ample.
+    torch.testing.assert_close(out.double(), expected, atol=5e-5, rtol=1e-5)
+
+
+@FAST
+@given(p=problems(), method=methods)
+def test_reward_inputs_gradient_is_soft_path(p: Problem, method: str):
+    """d f(e_hat)/d logits = J_soft^T f'(e_hat) for f(e) = sum(c e^2), every method."""
+    logits = p.logits.clone().requires_grad_(True)
+    e_hat = reward_inputs(logits, p.embed, p.hard, method, p.temperature)
+    (p.coef * e_hat**2).sum().backward()
+    w = ref_method_weight(method, p.logits).unsqueeze(-1)
+    e_ref = (1 - w) * ref_soft(p.logits, p.embed, p.temperature) + w * p.embed.double()[p.hard]
+    expected = ref_soft_vjp(p.logits, p.embed, p.temperature, 2 * p.coef.double() * e_ref)
+    # Cross-check the explicit formula with autograd's vjp of the float64 soft path.
+    _, vjp = torch.autograd.functional.vjp(
+        lambda x: ref_soft(x, p.embed, p.temperature), p.logits.double(), 2 * p.coef.double() * e_ref
+    )
+    torch.testing.assert_close(vjp, expected, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(logits.grad.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+@FAST
+@given(p=problems(), steps=st.integers(1, 3), lr=st.sampled_from([0.05, 0.5]), seed=seeds)
+def test_linear_reward_identical_across_methods(p: Problem, steps: int, lr: float, seed: int):
+    """A reward linear in e gives bitwise-equal logit gradients and guide results for all methods."""
+    grads, outs, values = [], [], []
+    for method in METHODS:
+        logits = p.logits.clone().requires_grad_(True)
+        e_hat = reward_inputs(logits, p.embed, p.hard, method, p.temperature)
+        (p.coef * e_hat).sum().backward()
+        grads.append(logits.grad)
+        values.append(e_hat.detach())
+        outs.append(run_guide(p, linear_reward(p.coef), method, steps, lr, seed))
+    for g in grads[1:]:
+        assert torch.equal(g, grads[0])
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+    assert not torch.equal(outs[0], p.logits)  # guidance did move something
+    assert torch.all(grads[0].abs().sum(-1) > 0)  # gradients are not all zero
+    # ... although the forward values differ: aps reads the hard token, expectation the soft mixture.
+    assert torch.allclose(values[1].double(), p.embed.double()[p.hard], atol=1e-5)
+    torch.testing.assert_close(values[2].double(), ref_soft(p.logits, p.embed, p.temperature), atol=5e-5, rtol=1e-5)
+
+
+def test_reward_inputs_rejects_unknown_method():
+    """reward_inputs raises ValueError on an unknown method name."""
+    g = gen(0)
+    logits, embed = torch.randn(2, 5, generator=g), torch.randn(5, 3, generator=g)
+    with pytest.raises(ValueError):
+        reward_inputs(logits, embed, torch.zeros(2, dtype=torch.long), "straight_through")
+
+
+# --------------------------------------------------------------------------- entropy / weight
+
+
+@FAST
+@given(v=st.integers(2, 50), hot=st.data(), seed=seeds, big=st.sampled_from([100.0, 1e4]))
+def test_entropy_weight_zero_at_one_hot(v: int, hot, seed: int, big: float):
+    """w = 0 (and H = 0) for a one-hot distribution: -inf elsewhere, or one huge logit."""
+    k = hot.draw(st.integers(0, v - 1))
+    minus_inf = torch.full((v,), -math.inf)
+    minus_inf[k] = torch.randn((), generator=gen(seed)).item()
+    assert entropy(minus_inf).item() == 0.0
+    assert entropy_weight(minus_inf).item() == 0.0
+    huge = torch.randn(v, generator=gen(seed))
+    huge[k] = big
+    assert 0.0 <= entropy_weight(huge).item() <= 1e-6
+
+
+@FAST
+@given(v=st.integers(2, 5000), c=st.floats(-100, 100), lead=st.sampled_from([(), (3,), (2, 2)]))
+def test_entropy_weight_one_at_uniform(v: int, c: float, lead: tuple):
+    """w = 1 (H = log V) for uniform logits of any constant value, any leading shape."""
+    logits = torch.full((*lead, v), c)
+    w = entropy_weight(logits)
+    assert w.shape == lead
+    assert torch.all((w - 1).abs() <= 1e-6)
+    torch.testing.assert_close(entropy(logits).double(), torch.full(lead, math.log(v), dtype=torch.float64), atol=1e-5, rtol=1e-6)
+
+
+@FAST
+@given(
+    v=st.integers(2, 40),
+    rows=st.integers(1, 6),
+    seed=seeds,
+    scale=st.sampled_from([0.1, 1.0, 10.0, 100.0]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    drop=st.sampled_from([0.0, 0.3, 0.8]),
+)
+def test_entropy_bounds_with_inf_and_bf16(v, rows, seed, scale, dtype, drop):
+    """0 <= H <= log V' (V' finite entries) and matches float64; finite with -inf; w in [0, 1]."""
+    g = gen(seed)
+    logits = (torch.randn(rows, v, generator=g) * scale).to(dtype)
+    dropped = torch.rand(rows, v, generator=g) < drop
+    dropped[:, 0] = False  # every row keeps a finite logit
+    logits = logits.masked_fill(dropped, -math.inf)
+    h = entropy(logits)
+    w = entropy_weight(logits)
+    assert h.dtype == torch.float32 and h.shape == (rows,)
+    assert torch.isfinite(h).all() and torch.isfinite(w).all()
+    n_finite = (~dropped).sum(-1).double()
+    assert torch.all(h >= 0)
+    assert torch.all(h.double() <= torch.log(n_finite) * (1 + 1e-6) + 1e-6)
+    assert torch.all((w >= 0) & (w <= 1))
+    torch.testing.assert_close(h.double(), ref_entropy(logits), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(w.double(), ref_weight(logits).clamp(0, 1), atol=2e-5, rtol=1e-5)
+    if dtype == torch.bfloat16:  # computed in float32: same as upcasting first
+        assert torch.equal(h, entropy(logits.float()))
+
+
+def test_entropy_weight_has_no_gradient():
+    """entropy_weight of logits requiring grad returns a tensor with no autograd history."""
+    logits = torch.randn(3, 4, 7, generator=gen(1)).requires_grad_(True)
+    w = entropy_weight(logits)
+    assert not w.requires_grad and w.grad_fn is None
+    assert entropy(logits).requires_grad  # the entropy itself is differentiable; the weight is not
+
+
+# --------------------------------------------------------------------------- shift invariance
+
+
+@FAST
+@given(p=problems(), c=st.floats(-30, 30), method=methods)
+def test_shift_invariance_entropy_and_reward_inputs(p: Problem, c: float, method: str):
+    """Adding a constant to the logits leaves entropy, entropy_weight and reward_inputs unchanged."""
+    shifted = p.logits + c
+    torch.testing.assert_close(entropy(shifted), entropy(p.logits), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(entropy_weight(shifted), entropy_weight(p.logits), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        reward_inputs(shifted, p.embed, p.hard, method, p.temperature),
+        reward_inputs(p.logits, p.embed, p.hard, method, p.temperature),
+        atol=2e-4, rtol=1e-4,
+    )
+
+
+@FAST
+@given(p=problems(), c=st.integers(1, 30) | st.integers(-30, -1), method=methods, steps=st.integers(1, 3), seed=seeds)
+def test_shift_invariance_guide(p: Problem, c: int, method: str, steps: int, seed: int):
+    """guide(phi + c) - c == guide(phi) up to rounding (atol 1e-4), with the same generator seed."""
+    reward = sine_reward(p.coef)
+    base = run_guide(p, reward, method, steps, 0.5, seed)
+    shifted = run_guide(p, reward, method, steps, 0.5, seed, logits=p.logits + c)
+    # |phi + c| <= ~45: float32 rounding of the shifted logits is ~4e-6.
+    torch.testing.assert_close(shifted - c, base, atol=1e-4, rtol=0)
+    assert not torch.equal(base, p.logits)
+
+
+# --------------------------------------------------------------------------- guide: one Adam step
+
+
+@FAST
+@given(
+    p=problems(), method=methods, lr=st.sampled_from([0.01, 0.1, 0.5, 2.0]), seed=seeds,
+    top_p=st.sampled_from([None, 0.95, 0.5]),
+)
+def test_one_adam_step_moves_by_lr_along_reward_gradient(p: Problem, method: str, lr: float, seed: int, top_p):
+    """steps=1: |dphi| <= lr, sign(dphi) = sign(dR/dphi), |dphi| ~= lr where clearly non-zero; unmasked untouched."""
+    rec = Recorder(sine_reward(p.coef))
+    out = run_guide(p, rec, method, 1, lr, seed, top_p=top_p)
+    assert out.dtype == torch.float32 and out.shape == p.logits.shape
+    assert len(rec.embeds) == 1
+    unmasked = ~p.masked
+    assert torch.equal(out[unmasked], p.logits[unmasked])  # exactly untouched
+    # dR/dphi at the forward point R actually read: J_soft^T (C cos(e)) at masked positions.
+    u = (p.coef.double() * torch.cos(rec.embeds[0].double()))
+    grad = ref_soft_vjp(p.logits, p.embed, p.temperature, u)[p.masked]  # (n, V)
+    delta = (out - p.logits)[p.masked].double()  # (n, V)
+    ulp = 4 * torch.finfo(torch.float32).eps * p.logits.abs().max().item()
+    assert torch.all(delta.abs() <= lr * (1 + 1e-6) + ulp)
+    clear = grad.abs() > 1e-5
+    assume(clear.any())
+    assert torch.equal(torch.sign(delta[clear]), torch.sign(grad[clear]))
+    # Adam's first step is lr * g / (|g| + 1e-8): ~lr wherever |g| >> 1e-8.
+    torch.testing.assert_close(delta[clear].abs(), torch.full_like(delta[clear], lr), atol=ulp, rtol=2e-3)
+
+
+@FAST
+@given(p=problems(), method=methods, seed=seeds)
+def test_steps_zero_is_identity_and_leaves_generator(p: Problem, method: str, seed: int):
+    """steps=0 returns the logits unchanged, never calls R, and does not advance the generator."""
+    rec = Recorder(sine_reward(p.coef))
+    g = gen(seed)
+    state = g.get_state()
+    out = guide(p.logits, p.masked, p.tokens, p.embed, rec, method=method, steps=0, lr=0.5,
+                temperature=p.temperature, generator=g)
+    assert torch.equal(out, p.logits)
+    assert rec.embeds == []
+    assert torch.equal(g.get_state(), state)
+    assert torch.equal(torch.rand(8, generator=g), torch.rand(8, generator=gen(seed)))
+
+
+@pytest.mark.parametrize("steps", [0, 1])
+def test_guide_rejects_bad_arguments(steps: int):
+    """guide raises ValueError on an unknown method and on temperature <= 0."""
+    g = gen(5)
+    logits, embed = torch.randn(1, 2, 4, generator=g), torch.randn(4, 3, generator=g)
+    masked, tokens = torch.tensor([[True, False]]), torch.tensor([[1, 2]])
+    reward = lambda e, t: e.sum((-2, -1))  # noqa: E731
+    kw = dict(steps=steps, lr=0.1, generator=gen(0))
+    with pytest.raises(ValueError):
+        guide(logits, masked, tokens, embed, reward, method="bon", temperature=0.7, **kw)
+    for tau in (0.0, -0.5):
+        with pytest.raises(ValueError):
+            guide(logits, masked, tokens, embed, reward, method="entrgi", temperature=tau, **kw)
+
+
+# --------------------------------------------------------------------------- guide: vectorised
+
+
+@FAST
+@given(p=problems(), method=methods, steps=st.integers(1, 3), seed=seeds)
+def test_guide_is_vectorised(p: Problem, method: str, steps: int, seed: int):
+    """R gets (B, L, d) embeds and (B, L) tokens: argmax of the current logits at masked positions."""
+    b, l, v, d = p.shape
+    rec = Recorder(sine_reward(p.coef))
+    run_guide(p, rec, method, steps, 0.5, seed)
+    assert len(rec.embeds) == steps
+    fixed = ~p.masked
+    for k in range(steps):
+        embeds, tokens = rec.embeds[k], rec.tokens[k]
+        assert embeds.shape == (b, l, d) and tokens.shape == (b, l) and tokens.dtype == torch.long
+        # The current logits at step k are those after k steps (same seed -> same trajectory).
+        current = run_guide(p, sine_reward(p.coef), method, k, 0.5, seed) if k else p.logits
+        assert torch.equal(tokens[p.masked], current.argmax(-1)[p.masked])
+        assert torch.equal(tokens[fixed], p.tokens[fixed])
+        assert torch.equal(embeds[fixed], p.embed[p.tokens][fixed])  # real tokens, exactly
+        if method == "expectation":  # no sampling: the masked embeddings are the soft mixture
+            soft = ref_soft(current, p.embed, p.temperature)
+            torch.testing.assert_close(embeds[p.masked].double(), soft[p.masked], atol=5e-5, rtol=1e-5)
+
+
+@FEW
+@given(p=problems(max_b=4), steps=st.integers(1, 2))
+def test_guide_rows_independent(p: Problem, steps: int):
+    """With a per-row reward and no sampling (expectation), guiding the batch = guiding each row alone."""
+    batch = run_guide(p, sine_reward(p.coef), "expectation", steps, 0.5, 0)
+    for i in range(p.logits.shape[0]):
+        row = guide(p.logits[i : i + 1], p.masked[i : i + 1], p.tokens[i : i + 1], p.embed,
+                    sine_reward(p.coef[i : i + 1]), method="expectation", steps=steps, lr=0.5,
+                    temperature=p.temperature, generator=gen(0))
+        torch.testing.assert_close(batch[i : i + 1], row, atol=1e-4, rtol=0)
+
+
+@FAST
+@given(p=problems(max_v=10), seed=seeds, top_p=st.sampled_from([0.3, 0.6]), top_k=st.sampled_from([None, 1, 2]))
+def test_guide_hard_tokens_come_from_filtered_distribution(p: Problem, seed: int, top_p: float, top_k):
+    """aps feeds R the embedding of a token drawn inside filter(phi / tau)'s support (top-p / top-k)."""
+    embed = torch.eye(p.logits.shape[-1])  # one-hot rows: the hard token is readable from e_hat
+    rec = Recorder(lambda e, t: e.sum((-2, -1)))
+    guide(p.logits, p.masked, p.tokens, embed, rec, method="aps", steps=1, lr=0.1,
+          temperature=p.temperature, top_p=top_p, top_k=top_k, generator=gen(seed))
+    drawn = rec.embeds[0].argmax(-1)  # (B, L)
+    support = torch.isfinite(filter_logits(p.logits / p.temperature, top_p, top_k))  # (B, L, V)
+    assert torch.all(support.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)[p.masked])
+    torch.testing.assert_close(rec.embeds[0][p.masked], embed[drawn][p.masked], atol=1e-6, rtol=0)
+
+
+@FEW
+@given(seed=seeds, method=st.sampled_from(["entrgi", "aps"]), tau=temperatures, top_p=st.sampled_from([0.5, 0.8, 0.95]))
+def test_guide_draws_follow_filtered_distribution(seed: int, method: str, tau: float, top_p: float):
+    """Hard tokens in guide ~ softmax(filter(phi / tau)): 5-sigma frequencies over 20k positions."""
+    v, n = 6, 20_000
+    row = torch.randn(v, generator=gen(seed)) * 1.5
+    nucleus, prefix = brute_force_nucleus([x / tau for x in row.tolist()], top_p)
+    assume(all(abs(m - top_p) > 1e-4 for m in prefix))
+    w = ref_weight(row).item() if method == "entrgi" else 1.0
+    assume(w > 0.05)  # the hard token must be recoverable from e_hat = (1 - w) soft + w hard
+    probs = ref_softmax(row.double() / tau)
+    probs = torch.where(torch.tensor([i in nucleus for i in range(v)]), probs, 0.0)
+    embed = torch.eye(v)  # one-hot rows
+    rec = Recorder(lambda e, t: e[..., 0].sum(-1))
+    guide(row.expand(1, n, v).clone(), torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.long),
+          embed, rec, method=method, steps=1, lr=0.1, temperature=tau, top_p=top_p, generator=gen(seed + 1))
+    hard = (rec.embeds[0].double() - (1 - w) * ref_soft(row, embed, tau)) / w  # (1, n, V) ~ one-hot
+    drawn = hard.argmax(-1)
+    torch.testing.assert_close(hard, embed.double()[drawn], atol=1e-3, rtol=0)
+    assert_frequencies(drawn, probs)
+
+
+@FEW
+@given(seed=seeds, tau=temperatures)
+def test_guide_redraws_hard_tokens_each_step_from_generator(seed: int, tau: float):
+    """aps: each step draws afresh from the caller's generator (independent draws, seed-reproducible)."""
+    v, n = 6, 4000
+    row = torch.randn(v, generator=gen(seed))
+    embed = torch.eye(v)
+    args = (row.expand(1, n, v).clone(), torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.long), embed)
+
+    def draws(generator_seed: int) -> list[torch.Tensor]:
+        rec = Recorder(lambda e, t: 0.0 * e.sum((-2, -1)))  # zero gradient: phi stays put
+        guide(*args, rec, method="aps", steps=2, lr=0.1, temperature=tau, top_p=None, generator=gen(generator_seed))
+        return [e.argmax(-1) for e in rec.embeds]
+
+    first, second = draws(seed)
+    again = draws(seed)
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
+    other = draws(seed + 1)
+    assert not torch.equal(first, other[0])
+    # Two independent draws from q agree with probability sum q^2: 5-sigma binomial bound.
+    agree_p = (ref_softmax(row.double() / tau) ** 2).sum().item()
+    agree = (first == second).double().mean().item()
+    assert abs(agree - agree_p) <= 5 * math.sqrt(agree_p * (1 - agree_p) / n)
+
+
+# --------------------------------------------------------------------------- filter_logits
+
+
+@settings(max_examples=40, deadline=None)
+@given(v=st.integers(2, 10), rows=st.integers(1, 4), seed=seeds, scale=logit_scales, top_p=st.floats(0.05, 0.999))
+def test_filter_top_p_matches_brute_force(v: int, rows: int, seed: int, scale: float, top_p: float):
+    """Top-p keeps exactly the brute-force nucleus; kept logits are unchanged, the rest -inf."""
+    logits = torch.randn(rows, v, generator=gen(seed)) * scale
+    out = filter_logits(logits, top_p=top_p)
+    for r in range(rows):
+        row = logits[r].tolist()
+        assume(len(set(row)) == v)  # distinct logits: the order is well defined
+        kept, prefix = brute_force_nucleus(row, top_p)
+        assume(all(abs(m - top_p) > 1e-5 for m in prefix))  # away from float rounding at the boundary
+        got = {i for i in range(v) if math.isfinite(out[r, i].item())}
+        assert got == kept
+        for i in range(v):
+            assert out[r, i].item() == (row[i] if i in kept else -math.inf)
+
+
+@settings(max_examples=30, deadline=None)
+@given(v=st.integers(2, 12), rows=st.integers(1, 4), seed=seeds, data=st.data())
+def test_filter_top_k_keeps_exactly_k(v: int, rows: int, seed: int, data):
+    """Top-k keeps exactly the k largest (distinct) logits unchanged and sets the rest to -inf."""
+    k = data.draw(st.integers(1, v))
+    logits = torch.randn(rows, 3, v, generator=gen(seed))
+    out = filter_logits(logits, top_p=None, top_k=k)
+    for row_in, row_out in zip(logits.reshape(-1, v).tolist(), out.reshape(-1, v).tolist()):
+        assume(len(set(row_in)) == v)
+        largest = set(sorted(range(v), key=lambda i: -row_in[i])[:k])
+        assert {i for i in range(v) if math.isfinite(row_out[i])} == largest
+        assert all(row_out[i] == (row_in[i] if i in largest else -math.inf) for i in range(v))
+
+
+@FAST
+@given(v=st.integers(1, 12), seed=seeds, top_p=st.sampled_from([None, 1.0]), with_inf=st.booleans())
+def test_filter_noop_settings(v: int, seed: int, top_p, with_inf: bool):
+    """top_p in {1, None} with top_k None (or top_k >= V) returns the logits unchanged."""
+    logits = torch.randn(2, v, generator=gen(seed)) * 5
+    if with_inf and v > 1:
+        logits[:, -1] = -math.inf
+    assert torch.equal(filter_logits(logits, top_p=top_p, top_k=None), logits)
+    assert torch.equal(filter_logits(logits, top_p=top_p, top_k=v), logits)
+
+
+# --------------------------------------------------------------------------- sample_categorical
+
+
+def test_sample_categorical_frequencies_fixed():
+    """200k draws over V=6 (two zero entries) match probs within 5 sigma; zeros never drawn."""
+    probs = torch.tensor([0.4, 0.25, 0.0, 0.2, 0.15, 0.0])
+    draws = sample_categorical(probs.expand(200_000, 6), gen(1234))
+    assert draws.shape == (200_000,) and draws.dtype == torch.long
+    assert_frequencies(draws, probs)
+
+
+@FEW
+@given(seed=seeds, n_zero=st.integers(0, 4), lead=st.sampled_from([(200_000,), (4, 50_000)]))
+def test_sample_categorical_frequencies_random(seed: int, n_zero: int, lead: tuple):
+    """Random probs (some exactly zero), any leading shape: 5-sigma agreement over 200k draws."""
+    g = gen(seed)
+    probs = torch.rand(6, generator=g) + 0.02
+    probs[torch.randperm(6, generator=g)[:n_zero]] = 0.0
+    probs = probs / probs.sum()
+    draws = sample_categorical(probs.expand(*lead, 6), gen(seed + 1))
+    assert draws.shape == lead
+    assert_frequencies(draws, probs)
+
+
+@FAST
+@given(seed=seeds, v=st.integers(2, 20))
+def test_sample_categorical_reproducible(seed: int, v: int):
+    """Same generator seed gives the same draws; a different seed gives different ones."""
+    probs = torch.softmax(torch.randn(5, 200, v, generator=gen(seed)), -1)
+    a = sample_categorical(probs, gen(seed))
+    b = sample_categorical(probs, gen(seed))
+    c = sample_categorical(probs, gen(seed + 1))
+    assert a.shape == (5, 200)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # One-hot rows are deterministic regardless of the generator.
+    onehot = torch.nn.functional.one_hot(a, v).float()
+    assert torch.equal(sample_categorical(onehot, gen(seed + 7)), a)

@@ -1,0 +1,507 @@
+"""Tests of `run.py`, the command line: a prompt in, K guided responses and their rewards out.
+
+What they prove, on the tiny seeded models (`--dllm tiny --reward-model tiny`) and on tiny
+checkpoints written to disk:
+
+* the CLI works end to end for every method (entrgi, aps, expectation, bon), in-process
+  through `run.main` and as a script (`python run.py`, progress bar on stderr only): it
+  exits 0, prints each response with its reward and Top@1 / Avg@N, and writes a JSON
+  record whose rewards are the discrete rewards of its responses, whose Top@1 / Avg@N /
+  best response follow from them, and whose config records every SamplingConfig field,
+  the models, seed, device, dtype and versions; the same seed gives the same result, a
+  different seed a different one; greedy Best-of-N gives K identical responses;
+* every bad input (empty prompt, out-of-range K, T, M, eta, temperature, top-p,
+  max-new-tokens, unknown method, CUDA without CUDA, a missing model, a reward model with
+  two outputs, a denoiser without a mask token, a prompt beyond the denoiser's context)
+  exits with status 2 and exactly one `error:` line on stderr, no traceback and no output
+  file -- before any weights are loaded where the config already tells;
+* a checkpoint in Dream's hub layout (model_type "Dream", remote-code `auto_map`s for the
+  model and the tokenizer, Qwen2 parameter names) loads through `run.load_dream` into
+  transformers' own Qwen2ForCausalLM without remote code and without prompting for it,
+  with exactly the saved weights, Dream's RoPE base, its mask token, tokenizer and chat
+  template; `sampler.dream_denoiser` on it equals a directly built Qwen2ForCausalLM run
+  with a full bidirectional mask, logits shifted right by one; and the CLI runs on it.
+
+No network: the hub is switched to offline mode in-process and in every subprocess.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import rewards  # noqa: E402
+import run  # noqa: E402
+import sampler  # noqa: E402
+from sampler import SamplingConfig  # noqa: E402
+
+ROOT = Path(run.__file__).resolve().parent
+METHODS = ("entrgi", "aps", "expectation", "bon")
+PROMPT = "Write a short poem about the sea."
+K, T, L = 3, 8, 8
+TINY = ["--dllm", "tiny", "--reward-model", "tiny", "--T", str(T), "--max-new-tokens", str(L), "--K", str(K),
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Hub offline: nothing may be downloaded (huggingface_hub reads the variable at import, so patch both)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def no_remote_code_prompt(monkeypatch):
+    """Fail if transformers asks on stdin whether to run a repository's custom code."""
+    asked = []
+
+    def fake_input(prompt=""):
+        asked.append(prompt)
+        return ""  # "no"
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    yield
+    assert not asked, f"transformers prompted for remote code: {asked[0]!r}"
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """run.main in-process: (exit status, stdout, stderr)."""
+    status = run.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def result_of(argv: list[str], capsys, path: Path) -> tuple[dict, str, str]:
+    """Run the CLI with --output `path`; require exit 0; return (JSON record, stdout, stderr)."""
+    status, out, err = cli(argv + ["--output", str(path)], capsys)
+    assert status == 0, err
+    return json.loads(path.read_text()), out, err
+
+
+# --------------------------------------------------------------------------- tiny checkpoints on disk
+
+
+@pytest.fixture(scope="module")
+def dream_checkpoint(tmp_path_factory):
+    """A tiny checkpoint in Dream's hub layout: (directory, saved state dict, raw config)."""
+    from safetensors.torch import save_file
+
+    directory = tmp_path_factory.mktemp("dream")
+    tokenizer = run.tiny_tokenizer(400)
+    tokenizer.save_pretrained(directory)
+    # Dream's tokenizer_config.json names its own class, loadable only with remote code,
+    # and carries the chat template itself (transformers 4.4x layout).
+    tokenizer_config_path = directory / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    template = directory / "chat_template.jinja"
+    if template.exists():
+        tokenizer_config["chat_template"] = template.read_text()
+        template.unlink()
+    else:
+        tokenizer_config["chat_template"] = run.QWEN_CHAT_TEMPLATE
+    tokenizer_config["tokenizer_class"] = "DreamTokenizer"
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2))
+
+    mask = tokenizer.convert_tokens_to_ids(run.MASK_TOKEN)
+    raw = {
+        "architectures": ["DreamModel"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        "model_type": "Dream",
+        "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": (len(tokenizer) + 63) // 64 * 64, "max_position_embeddings": 512,
+        "max_window_layers": 2, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "rope_scaling": None,
+        "sliding_window": 512, "use_sliding_window": False, "tie_word_embeddings": False, "use_cache": False,
+        "mask_token_id": mask, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
+    }
+    (directory / "config.json").write_text(json.dumps(raw, indent=2))
+
+    config = qwen2_config(raw)
+    model = run._seeded(7, lambda: transformers.Qwen2ForCausalLM(config))
+    with torch.no_grad():  # random biases too, so that a dropped bias would show
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.copy_(run._seeded(8, lambda: torch.randn(param.shape)) * 0.1)
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory, state, raw
+
+
+def qwen2_config(raw: dict) -> transformers.Qwen2Config:
+    """The Qwen2 config a correct loader must arrive at, written out field by field (RoPE base included)."""
+    return transformers.Qwen2Config(
+        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+        num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
+        num_key_value_heads=raw["num_key_value_heads"], max_position_embeddings=raw["max_position_embeddings"],
+        rms_norm_eps=raw["rms_norm_eps"], rope_parameters={"rope_type": "default", "rope_theta": raw["rope_theta"]},
+        tie_word_embeddings=False, use_sliding_window=False, pad_token_id=raw["pad_token_id"],
+        eos_token_id=raw["eos_token_id"],
+    )
+
+
+@pytest.fixture(scope="module")
+def two_output_reward(tmp_path_factory):
+    """A tiny Qwen3 sequence classifier with num_labels=2, saved with its tokenizer."""
+    directory = tmp_path_factory.mktemp("reward2")
+    tokenizer = run.tiny_tokenizer(260)
+    config = transformers.Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, num_labels=2, pad_token_id=tokenizer.pad_token_id,
+    )
+    run._seeded(0, lambda: transformers.Qwen3ForSequenceClassification(config)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def maskless_denoiser(tmp_path_factory):
+    """A tiny Qwen2 checkpoint whose tokenizer has no <|mask|> and no mask_token, config without mask_token_id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    directory = tmp_path_factory.mktemp("nomask")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = [t for t in run.TINY_SPECIALS if t != run.MASK_TOKEN]
+    bpe.train_from_iterator(run.TINY_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                                  show_progress=False))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=run.EOS_TOKEN,
+                                                     pad_token=run.EOS_TOKEN)
+    tokenizer.chat_template = run.QWEN_CHAT_TEMPLATE
+    config = transformers.Qwen2Config(
+        vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    run._seeded(0, lambda: transformers.Qwen2ForCausalLM(config)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    saved = json.loads((directory / "config.json").read_text())
+    assert "mask_token_id" not in saved and run.MASK_TOKEN not in tokenizer.get_vocab()
+    assert tokenizer.mask_token is None
+    return directory
+
+
+# --------------------------------------------------------------------------- the CLI on tiny models
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer():
+    """The tiny reward model, to recompute the discrete rewards of reported responses."""
+    return run.tiny_reward()
+
+
+def method_argv(method: str) -> list[str]:
+    return ["--prompt", PROMPT, *TINY, "--method", method, "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory):
+    """method -> (exit status, output path, stdout, stderr) of one in-process run, each run once per module."""
+    cache = {}
+
+    def get(method: str):
+        if method not in cache:
+            path = tmp_path_factory.mktemp(method) / "sub" / "x.json"
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = run.main(method_argv(method) + ["--output", str(path)])
+            cache[method] = status, path, out.getvalue(), err.getvalue()
+        return cache[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_result_record_for_every_method(method, method_runs, tiny_scorer):
+    """Every method: exit 0, a JSON record whose rewards, Top@1, Avg@N, best response, config and diagnostics are right."""
+    argv = method_argv(method)
+    status, path, out, err = method_runs(method)
+    assert status == 0, err
+    result = json.loads(path.read_text())
+
+    responses, scores = result["responses"], result["rewards"]
+    assert len(responses) == K and len(scores) == K
+    assert all(isinstance(r, str) for r in responses) and all(isinstance(s, float) for s in scores)
+    assert any(responses), "every response is empty"
+    # The rewards are the discrete rewards of the returned texts, through R's chat template.
+    model, tokenizer = tiny_scorer
+    expected = rewards.score_texts(model, tokenizer, [PROMPT] * K, responses)
+    torch.testing.assert_close(torch.tensor(scores), expected, rtol=0, atol=1e-5)
+    assert result["top1_reward"] == max(scores)
+    assert result["avgN_reward"] == pytest.approx(sum(scores) / K, abs=1e-12)
+    assert result["best_response"] == responses[max(range(K), key=scores.__getitem__)]
+
+    config = result["config"]
+    parsed = run.build_parser().parse_args(argv)
+    for f in dataclasses.fields(SamplingConfig):
+        assert f.name in config, f.name
+        assert config[f.name] == getattr(parsed, f.name), f.name
+    assert (config["method"], config["K"], config["T"], config["max_new_tokens"]) == (method, K, T, L)
+    assert config["prompt"] == PROMPT
+    assert (config["dllm"], config["reward_model"], config["seed"]) == ("tiny", "tiny", 3)
+    assert (config["device"], config["dtype"]) == ("cpu", "float32")
+    assert config["versions"]["torch"] == torch.__version__
+    assert config["versions"]["transformers"] == transformers.__version__
+    assert config["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+
+    bridge = result["vocab_bridge"]
+    assert 0 < bridge["coverage"] <= 1
+    assert bridge["coverage"] == pytest.approx(1 - bridge["unmapped"] / bridge["tokenizer_size"])
+    assert bridge["tokenizer_size"] == len(run.tiny_tokenizer(400))
+    weight = result["mean_entropy_weight"]
+    if method == "bon":
+        assert weight is None
+    else:
+        assert isinstance(weight, float) and 0 <= weight <= 1 and math.isfinite(weight)
+    assert result["wall_seconds"] > 0
+
+    # stdout: each response with its reward, then Top@1 and Avg@N.
+    for k, (text, score) in enumerate(zip(responses, scores)):
+        assert f"--- response {k}  reward {score:+.4f}\n{text}\n" in out
+    assert f"Top@1 {max(scores):+.4f}" in out and f"Avg@N {sum(scores) / K:+.4f}" in out
+    assert "denoising" not in err, "progress bar drawn despite --no-progress"
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"], "temporary file left beside the output"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_same_seed_same_result(method, method_runs, capsys, tmp_path):
+    """The same seed gives the same responses and rewards (and nothing depends on the global torch RNG)."""
+    status, path, _, err = method_runs(method)
+    assert status == 0, err
+    first = json.loads(path.read_text())
+    torch.manual_seed(12345)  # the global RNG must not matter
+    torch.rand(7)
+    second, _, _ = result_of(method_argv(method), capsys, tmp_path / "b.json")
+    assert first["responses"] == second["responses"]
+    assert first["rewards"] == second["rewards"]
+    assert first["mean_entropy_weight"] == second["mean_entropy_weight"]
+
+
+@pytest.mark.parametrize("method", ["entrgi", "bon"])
+def test_cli_different_seed_different_result(method, method_runs, capsys, tmp_path):
+    """Another seed gives other responses: the seed reaches the sampler (and the guidance)."""
+    status, path, _, err = method_runs(method)
+    assert status == 0, err
+    first = json.loads(path.read_text())
+    second, _, _ = result_of(method_argv(method) + ["--seed", "4"], capsys, tmp_path / "b.json")
+    assert first["responses"] != second["responses"]
+
+
+def test_cli_greedy_best_of_n(capsys, tmp_path):
+    """--temperature 0 is fine for bon and is greedy: the K responses are identical."""
+    argv = ["--prompt", PROMPT, *TINY, "--method", "bon", "--temperature", "0"]
+    result, _, _ = result_of(argv, capsys, tmp_path / "x.json")
+    assert result["config"]["temperature"] == 0
+    assert len(set(result["responses"])) == 1 and len(set(result["rewards"])) == 1
+
+
+def test_script_entry_point_and_progress_bar(tmp_path):
+    """`python run.py` works as a script: exit 0, results on stdout, the progress bar on stderr only."""
+    output = tmp_path / "x.json"
+    argv = ["--prompt", PROMPT, *[a for a in TINY if a != "--no-progress"], "--output", str(output)]
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *argv], cwd=tmp_path, env=subprocess_env(),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"denoising [{'#' * 30}] {T}/{T}" in done.stderr
+    assert "denoising" not in done.stdout
+    result = json.loads(output.read_text())
+    assert len(result["responses"]) == K
+    assert f"Top@1 {result['top1_reward']:+.4f}" in done.stdout
+    assert done.stdout.count("--- response ") == K
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def assert_usage_error(argv: list[str], capsys, tmp_path: Path, *words: str) -> str:
+    """Exit 2, exactly one `error:` line on stderr (mentioning `words`), no traceback, no output file."""
+    output = tmp_path / "out" / "result.json"
+    status, out, err = cli(argv + ["--output", str(output)], capsys)
+    assert status == 2, (status, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Top@1" not in out
+    assert not output.exists() and not output.parent.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--prompt", ""], ["prompt"]),
+    (["--prompt", "   "], ["prompt"]),
+    (["--prompt", " \n\t "], ["prompt"]),
+    (["--K", "0"], ["K"]),
+    (["--K", "-2"], ["K"]),
+    (["--T", "0"], ["T"]),
+    (["--M", "-1"], ["M"]),
+    (["--eta", "0"], ["eta"]),
+    (["--eta", "-0.5"], ["eta"]),
+    (["--temperature", "-0.1"], ["temperature"]),
+    (["--temperature", "0"], ["temperature", "entrgi"]),
+    (["--temperature", "0", "--method", "aps"], ["temperature", "aps"]),
+    (["--temperature", "0", "--method", "expectation"], ["temperature", "expectation"]),
+    (["--top-p", "0"], ["top_p"]),
+    (["--top-p", "1.5"], ["top_p"]),
+    (["--top-p", "-0.2"], ["top_p"]),
+    (["--max-new-tokens", "0"], ["max_new_tokens"]),
+    (["--max-new-tokens", "600"], ["context", "512"]),
+    (["--prompt", "word " * 600], ["context", "512"]),
+], ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None)
+def test_bad_sampling_input(flags, words, capsys, tmp_path):
+    """An out-of-range option or an unusable prompt: one error line, exit 2, no output file."""
+    argv = ["--prompt", PROMPT, *TINY, *flags]
+    assert_usage_error(argv, capsys, tmp_path, *words)
+
+
+def test_unknown_method(capsys, tmp_path):
+    """An unknown --method is rejected by argparse with exit status 2 and no traceback."""
+    output = tmp_path / "x.json"
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--prompt", PROMPT, *TINY, "--method", "guess", "--output", str(output)])
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "Traceback" not in err
+    assert "error:" in err.splitlines()[-1] and "guess" in err.splitlines()[-1]
+    assert not output.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda(capsys, tmp_path):
+    """--device cuda on a machine without CUDA is a usage error."""
+    assert_usage_error(["--prompt", PROMPT, *TINY, "--device", "cuda"], capsys, tmp_path, "cuda")
+
+
+@pytest.mark.parametrize(("flag", "name"), [
+    ("--dllm", "/nonexistent/dir"),
+    ("--reward-model", "/nonexistent/dir"),
+    ("--dllm", "some-org/missing-model"),
+    ("--reward-model", "some-org/missing-model"),
+])
+def test_missing_model(flag, name, capsys, tmp_path):
+    """A model that is neither a local directory nor reachable (offline hub) is a usage error naming it."""
+    argv = ["--prompt", PROMPT, *TINY, flag, name]
+    assert_usage_error(argv, capsys, tmp_path, name)
+
+
+@pytest.mark.parametrize("flag", ["--dllm", "--reward-model"])
+def test_empty_model_directory(flag, capsys, tmp_path):
+    """A local directory without a checkpoint in it is a usage error."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_usage_error(["--prompt", PROMPT, *TINY, flag, str(empty)], capsys, tmp_path, str(empty))
+
+
+def test_reward_model_with_two_outputs(two_output_reward, capsys, tmp_path, no_remote_code_prompt):
+    """A sequence classifier with two outputs cannot be a reward model (rejected before loading its weights)."""
+    argv = ["--prompt", PROMPT, *TINY, "--reward-model", str(two_output_reward)]
+    assert_usage_error(argv, capsys, tmp_path, "2 outputs")
+
+
+def test_denoiser_without_mask_token(maskless_denoiser, capsys, tmp_path, no_remote_code_prompt):
+    """A denoiser without any mask token is rejected (before loading its weights)."""
+    argv = ["--prompt", PROMPT, *TINY, "--dllm", str(maskless_denoiser)]
+    assert_usage_error(argv, capsys, tmp_path, "mask token")
+
+
+def test_script_bad_input(two_output_reward, tmp_path):
+    """As a script, bad input (a two-output reward model) exits 2 with one `error:` line as its whole stderr, no file."""
+    output = tmp_path / "x.json"
+    argv = ["--prompt", PROMPT, *TINY, "--reward-model", str(two_output_reward), "--output", str(output)]
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *argv], cwd=tmp_path, env=subprocess_env(),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not output.exists()
+
+
+# --------------------------------------------------------------------------- Dream's layout
+
+
+def test_load_dream_layout(dream_checkpoint, no_remote_code_prompt):
+    """A Dream-layout checkpoint loads into transformers' Qwen2ForCausalLM with its exact weights, RoPE base, mask token and tokenizer."""
+    directory, state, raw = dream_checkpoint
+    model, tokenizer = run.load_dream(str(directory), torch.float32)
+
+    assert type(model) is transformers.Qwen2ForCausalLM
+    assert model.dtype == torch.float32
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert model.config.rope_parameters["rope_theta"] == raw["rope_theta"]
+    assert model.config.vocab_size == raw["vocab_size"] and model.config.max_position_embeddings == 512
+
+    mask = run.mask_token_id(tokenizer, model)
+    assert mask == raw["mask_token_id"] == tokenizer.convert_tokens_to_ids(run.MASK_TOKEN)
+    assert tokenizer.eos_token_id == raw["eos_token_id"]
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1 and tokenizer.decode(ids) == text
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.convert_ids_to_tokens(tokenizer(chat, add_special_tokens=False)["input_ids"])[0] == "<|im_start|>"
+
+
+def test_dream_denoiser_equals_bidirectional_qwen2(dream_checkpoint):
+    """dream_denoiser on the loaded model = a directly built Qwen2 with a full bidirectional mask, shifted right by one."""
+    directory, state, raw = dream_checkpoint
+    model, _ = run.load_dream(str(directory), torch.float32)
+    reference = run._seeded(99, lambda: transformers.Qwen2ForCausalLM(qwen2_config(raw))).eval()
+    reference.load_state_dict(state, strict=True)
+
+    N, P, S = 2, 5, 13
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 300, (N, S), generator=generator)
+    ids[:, P + 2] = raw["mask_token_id"]
+    positions = torch.arange(P, S).expand(N, -1)  # (N, S - P): the response positions
+    keep = torch.ones(N, S, dtype=torch.bool)
+    with torch.no_grad():
+        got = sampler.dream_denoiser(model)(ids, keep, positions)  # (N, S - P, V)
+        full = reference(input_ids=ids, attention_mask=torch.ones(N, 1, S, S, dtype=torch.bool),
+                         position_ids=torch.arange(S).expand(N, -1)).logits  # (N, S, V)
+        torch.testing.assert_close(got, full[:, P - 1:S - 1], rtol=0, atol=1e-5)
+        # Bidirectional: the logits of the first response position depend on the last token.
+        changed = ids.clone()
+        changed[:, -1] = (changed[:, -1] + 1) % 300
+        later = sampler.dream_denoiser(model)(changed, keep, positions)
+    assert (later[:, 0] - got[:, 0]).abs().max() > 1e-4
+
+
+def test_cli_on_dream_layout(dream_checkpoint, capsys, tmp_path, no_remote_code_prompt):
+    """The full CLI runs on the Dream-layout checkpoint (guided, end to end)."""
+    directory, _, _ = dream_checkpoint
+    argv = ["--prompt", PROMPT, *TINY, "--dllm", str(directory)]
+    result, out, _ = result_of(argv, capsys, tmp_path / "dream.json")
+    assert result["config"]["dllm"] == str(directory)
+    assert len(result["responses"]) == K and len(result["rewards"]) == K
+    assert 0 < result["vocab_bridge"]["coverage"] <= 1
+    assert 0 <= result["mean_entropy_weight"] <= 1
+    assert f"Top@1 {result['top1_reward']:+.4f}" in out

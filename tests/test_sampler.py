@@ -1,0 +1,704 @@
+"""Properties of `sampler` (SPEC §2, "Unmasking"): Dream-style masked-diffusion sampling.
+
+What these tests prove, on a deterministic toy denoiser whose logits depend on the whole
+current sequence (so the unmasking order matters) and on a tiny random Qwen2:
+
+* invariants of `generate`: prompt tokens never change (left-padded batch, B = 2, K = 2);
+  a token once unmasked never changes; every step asks the denoiser for exactly the
+  masked positions, in increasing order; the number unmasked per step follows
+  `unmask_schedule` for maskgit_plus / topk_margin / entropy; no mask is left after T
+  steps for every alg (origin included), for T = 1 and T > L;
+* `unmask_schedule` itself against an independent recomputation of
+  floor(n_masked * (1 - s/t)) on linspace(1, eps, T + 1) in float32;
+* the choice of positions: greedy (temperature 0) draws are the argmax of the logits and
+  each step fills the masks of largest confidence; with `guidance`, the confidence comes
+  from the denoiser's (unguided) logits or the guided ones as configured, and the two
+  can differ; EOS de-prioritisation places an EOS only when every non-EOS draw is placed
+  (and is not vacuous: without it the toy places EOS earlier);
+* randomness: the same generator seed gives the same output, a different one a different
+  output; `reward_guidance` with M = 0 reproduces the unguided output exactly, M > 0 not;
+* helpers: `masked_positions`, `confidence` against direct formulas;
+* adapters: `dream_denoiser` equals Qwen2ForCausalLM under an all-True 4-D mask read at
+  j - 1 (shift), is bidirectional and padding-invariant; `llada_denoiser` is unshifted;
+* `SamplingConfig.validate` rejects every out-of-range field with a one-line ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entrgi import filter_logits
+from sampler import (
+    ALGORITHMS,
+    SamplingConfig,
+    confidence,
+    dream_denoiser,
+    generate,
+    llada_denoiser,
+    masked_positions,
+    reward_guidance,
+    unmask_schedule,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+V = 16  # toy vocabulary
+MASK_ID = 15
+EOS_ID = 14
+PAD_ID = 0
+MAX_LEN = 64  # longest sequence the toy denoiser accepts
+NON_ORIGIN = ("maskgit_plus", "topk_margin", "entropy")
+
+FAST = settings(max_examples=25, deadline=None)
+
+
+class ToyDenoiser:
+    """Deterministic seeded denoiser: logits depend on the token, its position and a mix of the
+    whole (non-pad) sequence, so what has been unmasked changes later logits.
+
+    The mask token is never predicted (logit -inf), like a trained denoiser. `eos_boost`
+    (MAX_LEN,) is added to the EOS logit at each absolute position. Every call is recorded.
+    """
+
+    def __init__(self, seed: int = 0, dim: int = 8, eos_boost: torch.Tensor | None = None):
+        g = torch.Generator().manual_seed(seed)
+        self.embed = torch.randn(V, dim, generator=g)  # (V, D)
+        self.pos = torch.randn(MAX_LEN, dim, generator=g)  # (MAX_LEN, D)
+        self.mix = torch.randn(dim, dim, generator=g) / math.sqrt(dim)  # (D, D)
+        self.out = torch.randn(dim, V, generator=g)  # (D, V)
+        self.bias = torch.randn(MAX_LEN, V, generator=g)  # (MAX_LEN, V)
+        self.bias[:, MASK_ID] = -math.inf
+        if eos_boost is not None:
+            self.bias[:, EOS_ID] += eos_boost
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def full(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits at every position. (N, S), (N, S) -> (N, S, V)."""
+        S = input_ids.shape[1]
+        h = self.embed[input_ids] + self.pos[:S]  # (N, S, D)
+        k = keep.float().unsqueeze(-1)  # (N, S, 1)
+        context = (h * k).sum(1, keepdim=True) / k.sum(1, keepdim=True).clamp(min=1)  # (N, 1, D)
+        return torch.tanh(h + context @ self.mix) @ self.out + self.bias[:S]  # (N, S, V)
+
+    def __call__(self, input_ids, keep, positions):
+        assert input_ids.dtype == torch.long and keep.dtype == torch.bool
+        assert input_ids.shape == keep.shape and positions.shape[0] == input_ids.shape[0]
+        self.calls.append((input_ids.clone(), keep.clone(), positions.clone()))
+        logits = self.full(input_ids, keep)  # (N, S, V)
+        return logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, V))  # (N, n, V)
+
+
+def padded_prompts():
+    """Two left-padded prompts of lengths 3 and 5 (B = 2, P = 5)."""
+    ids = torch.tensor([[PAD_ID, PAD_ID, 3, 4, 5], [6, 7, 8, 9, 10]])
+    keep = torch.tensor([[False, False, True, True, True], [True, True, True, True, True]])
+    return ids, keep
+
+
+def config(**kw) -> SamplingConfig:
+    """A small unguided config; keyword overrides."""
+    base = dict(method="bon", K=2, T=4, M=0, max_new_tokens=6, temperature=0.7, top_p=0.95,
+                alg="entropy", eos_last=True)
+    base.update(kw)
+    return SamplingConfig(**base).validate()
+
+
+def run(denoise, cfg, seed=0, prompts=None, guidance=None, eos_id=EOS_ID):
+    """generate() on the padded prompts; returns (output (B, K, L), [ids (N, S) after each step])."""
+    ids, keep = padded_prompts() if prompts is None else prompts
+    steps: list[torch.Tensor] = []
+    out = generate(denoise, ids, keep, cfg, mask_id=MASK_ID, eos_id=eos_id, guidance=guidance,
+                   generator=torch.Generator().manual_seed(seed),
+                   on_step=lambda i, x: steps.append(x.clone()))
+    assert len(steps) == cfg.T
+    return out, steps
+
+
+def initial_ids(cfg, prompts=None) -> torch.Tensor:
+    """The (N, S) state before step 0: prompts repeated K times, then L masks."""
+    ids, _ = padded_prompts() if prompts is None else prompts
+    rows = ids.repeat_interleave(cfg.K, dim=0)  # (N, P)
+    return torch.cat([rows, torch.full((rows.shape[0], cfg.max_new_tokens), MASK_ID)], dim=1)
+
+
+def initial_keep(cfg, prompts=None) -> torch.Tensor:
+    _, keep = padded_prompts() if prompts is None else prompts
+    rows = keep.repeat_interleave(cfg.K, dim=0)
+    return torch.cat([rows, torch.ones(rows.shape[0], cfg.max_new_tokens, dtype=torch.bool)], dim=1)
+
+
+def direct_confidence(probs: torch.Tensor, tokens: torch.Tensor, alg: str) -> torch.Tensor:
+    """Independent formulas: q(x), q_(1) - q_(2), sum q log q (0 log 0 = 0)."""
+    if alg == "maskgit_plus":
+        return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if alg == "topk_margin":
+        s = probs.sort(-1, descending=True).values
+        return s[..., 0] - s[..., 1]
+    plogp = torch.where(probs > 0, probs * probs.clamp_min(1e-45).log(), torch.zeros_like(probs))
+    return plogp.sum(-1)
+
+
+def linear_reward(d: int = 6, seed: int = 3):
+    """A fixed embedding matrix (V, d) and a differentiable linear score of embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    embed_matrix = torch.randn(V, d, generator=g)
+    weight = torch.randn(d, generator=g) * 4
+
+    def score_embeds(embeds, tokens):  # (N, L, d), (N, L) -> (N,)
+        return (embeds @ weight).sum(-1)
+
+    return embed_matrix, score_embeds
+
+
+def tiny_qwen2(seed: int = 0, vocab: int = 64, layers: int = 2):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(cfg).eval()
+        # Default init (std 0.02) gives near-constant logits; widen so differences show.
+        for p in model.parameters():
+            if p.dim() >= 2:
+                torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+algs = st.sampled_from(ALGORITHMS)
+seeds = st.integers(0, 2**31 - 1)
+
+
+# --------------------------------------------------------------------------- generate invariants
+
+
+@FAST
+@given(alg=algs, L=st.integers(1, 7), T=st.integers(1, 10), temperature=st.sampled_from([0.0, 0.7, 1.5]),
+       seed=seeds, eos_last=st.booleans())
+def test_prompt_fixed_and_unmasked_tokens_never_change(alg, L, T, temperature, seed, eos_last):
+    """Prompt tokens (left-padded, B=2, K=2) stay put and an unmasked token never changes across steps."""
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature, eos_last=eos_last)
+    out, steps = run(ToyDenoiser(seed % 7), cfg, seed=seed)
+    start = initial_ids(cfg)
+    P = start.shape[1] - L
+    prev = start
+    for ids in steps:
+        assert torch.equal(ids[:, :P], start[:, :P])
+        was_placed = prev[:, P:] != MASK_ID
+        assert torch.equal(ids[:, P:][was_placed], prev[:, P:][was_placed])
+        prev = ids
+    assert out.shape == (2, 2, L)
+    assert torch.equal(out.reshape(4, L), steps[-1][:, P:])
+
+
+@FAST
+@given(alg=st.sampled_from(NON_ORIGIN), L=st.integers(1, 9), T=st.integers(1, 12),
+       temperature=st.sampled_from([0.0, 0.7]), seed=seeds, eos_boost=st.sampled_from([0.0, 6.0]))
+def test_fill_counts_follow_schedule_on_masked_blocks(alg, L, T, temperature, seed, eos_boost):
+    """Non-origin algs fill exactly unmask_schedule's count per row per step, querying only the masks."""
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature)
+    toy = ToyDenoiser(seed % 5, eos_boost=torch.full((MAX_LEN,), eos_boost))
+    _, steps = run(toy, cfg, seed=seed)
+    schedule = unmask_schedule(L, T, cfg.eps)
+    P = steps[0].shape[1] - L
+    prev = initial_ids(cfg)
+    assert len(toy.calls) == T
+    for i, ids in enumerate(steps):
+        n_masked, n_fill = schedule[i]
+        before = (prev[:, P:] == MASK_ID).sum(1)
+        after = (ids[:, P:] == MASK_ID).sum(1)
+        assert (before == n_masked).all() and (before - after == n_fill).all()
+        called_ids, _, positions = toy.calls[i]
+        assert torch.equal(called_ids, prev)
+        expected = torch.stack([(row == MASK_ID).nonzero().squeeze(-1) for row in prev[:, P:]]) + P
+        assert torch.equal(positions, expected)
+        prev = ids
+
+
+@FAST
+@given(alg=algs, L=st.integers(1, 8), extra=st.integers(0, 6), seed=seeds,
+       temperature=st.sampled_from([0.0, 0.7]))
+def test_no_mask_left_after_T_steps(alg, L, extra, seed, temperature):
+    """After T steps no mask remains, for every alg, with T from 1 up to beyond L."""
+    for T in {1, L + extra, max(1, L - extra)}:
+        cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature)
+        out, _ = run(ToyDenoiser(seed % 3), cfg, seed=seed)
+        assert not (out == MASK_ID).any(), (T, out)
+        assert ((out >= 0) & (out < V)).all()
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_no_mask_left_edge_cases(alg):
+    """T = 1 fills everything in one step; T much larger than L also ends with no mask."""
+    for T, L in [(1, 8), (40, 5), (5, 1)]:
+        cfg = config(alg=alg, max_new_tokens=L, T=T)
+        out, steps = run(ToyDenoiser(1), cfg, seed=11)
+        assert not (out == MASK_ID).any()
+        if T == 1:
+            assert len(steps) == 1
+
+
+# --------------------------------------------------------------------------- unmask_schedule
+
+
+@settings(max_examples=60, deadline=None)
+@given(L=st.integers(1, 300), T=st.integers(1, 300), eps=st.sampled_from([1e-3, 1e-2, 0.3]))
+def test_unmask_schedule_recomputed(L, T, eps):
+    """n_fill = floor(n_masked*(1-s/t)) on float32 linspace(1, eps, T+1); last step fills the rest; sums to L."""
+    schedule = unmask_schedule(L, T, eps)
+    assert len(schedule) == T
+    ts = torch.linspace(1, eps, T + 1, dtype=torch.float32)
+    n = L
+    for i, (n_masked, n_fill) in enumerate(schedule):
+        assert n_masked == n
+        if i < T - 1:
+            expect = int(math.floor(torch.tensor(float(n), dtype=torch.float32).mul(1 - ts[i + 1] / ts[i]).item()))
+        else:
+            expect = n
+        assert n_fill == expect and 0 <= n_fill <= n_masked
+        n -= n_fill
+    assert n == 0
+    assert sum(f for _, f in schedule) == L
+    assert schedule[-1][1] == schedule[-1][0]
+
+
+def test_unmask_schedule_worked_example():
+    """L = 4, T = 4: timesteps 1, .75025, .5005, .25075, .001 give fills 0, 1, 1, 2."""
+    assert unmask_schedule(4, 4) == [(4, 0), (4, 1), (3, 1), (2, 2)]
+    assert unmask_schedule(8, 2) == [(8, 3), (5, 5)]
+    assert unmask_schedule(3, 1) == [(3, 3)]
+
+
+# --------------------------------------------------------------------------- which positions
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_greedy_draws_are_argmax(alg):
+    """Temperature 0: every placed token is the argmax of the toy logits in the state before the step."""
+    cfg = config(alg=alg, max_new_tokens=7, T=5, temperature=0.0, eos_last=False)
+    toy = ToyDenoiser(2)
+    _, steps = run(toy, cfg, seed=5)
+    P = steps[0].shape[1] - 7
+    keep = initial_keep(cfg)
+    prev = initial_ids(cfg)
+    placed_any = 0
+    for ids in steps:
+        new = (prev == MASK_ID) & (ids != MASK_ID)  # (N, S)
+        argmax = toy.full(prev, keep).argmax(-1)  # (N, S)
+        assert torch.equal(ids[new], argmax[new])
+        placed_any += int(new.sum())
+        prev = ids
+    assert placed_any == 4 * 7
+    assert (prev[:, :P] == initial_ids(cfg)[:, :P]).all()
+
+
+@pytest.mark.parametrize("alg", NON_ORIGIN)
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_greedy_steps_fill_most_confident(alg, top_p):
+    """Greedy: each step fills exactly the n_fill masks of largest confidence computed from the logits."""
+    L, T = 8, 4
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=0.0, top_p=top_p, eos_last=False)
+    toy = ToyDenoiser(4)
+    _, steps = run(toy, cfg, seed=0)
+    P = steps[0].shape[1] - L
+    keep = initial_keep(cfg)
+    prev = initial_ids(cfg)
+    for (n_masked, n_fill), ids in zip(unmask_schedule(L, T), steps):
+        logits = toy.full(prev, keep)[:, P:]  # (N, L, V)
+        probs = torch.softmax(filter_logits(logits, top_p, None), -1)
+        conf = direct_confidence(probs, probs.argmax(-1), alg)  # (N, L)
+        masked = prev[:, P:] == MASK_ID
+        conf = torch.where(masked, conf, -math.inf)
+        new = masked & (ids[:, P:] != MASK_ID)
+        for r in range(conf.shape[0]):
+            filled = set(new[r].nonzero().squeeze(-1).tolist())
+            assert len(filled) == n_fill
+            if n_fill:
+                worst_filled = conf[r][list(filled)].min()
+                others = [j for j in masked[r].nonzero().squeeze(-1).tolist() if j not in filled]
+                assert all(conf[r, j] <= worst_filled for j in others)
+        prev = ids
+
+
+def _eos_toy(L: int, P: int, eos_at: list[int], seed: int) -> ToyDenoiser:
+    """EOS overwhelmingly likely at response positions `eos_at`, impossible elsewhere."""
+    boost = torch.full((MAX_LEN,), -60.0)
+    for j in eos_at:
+        boost[P + j] = 60.0
+    return ToyDenoiser(seed, eos_boost=boost)
+
+
+def _eos_violations(steps, P, final):
+    """Steps at which a row newly got an EOS while a position whose final token is non-EOS stayed masked."""
+    bad, prev = [], None
+    for i, ids in enumerate(steps):
+        resp = ids[:, P:]
+        new_eos = (resp == EOS_ID) & ((prev == MASK_ID) if prev is not None else True)
+        pending_non_eos = (resp == MASK_ID) & (final != EOS_ID)
+        for r in range(resp.shape[0]):
+            if new_eos[r].any() and pending_non_eos[r].any():
+                bad.append((i, r))
+        prev = resp
+    return bad
+
+
+@settings(max_examples=15, deadline=None)
+@given(alg=st.sampled_from(NON_ORIGIN), seed=seeds, temperature=st.sampled_from([0.0, 0.7]),
+       T=st.integers(2, 6))
+def test_eos_last_places_eos_only_when_nothing_else_left(alg, seed, temperature, T):
+    """eos_last=True: no EOS is placed at a step while a finally-non-EOS position is still masked after it."""
+    L, P = 8, 5
+    toy = _eos_toy(L, P, [1, 4, 6], seed % 5)
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature, eos_last=True)
+    out, steps = run(toy, cfg, seed=seed)
+    final = steps[-1][:, P:]
+    assert ((final == EOS_ID) == torch.isin(torch.arange(L), torch.tensor([1, 4, 6]))).all()
+    assert _eos_violations(steps, P, final) == []
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "entropy"])
+def test_eos_not_deprioritised_goes_earlier(alg):
+    """eos_last=False with the same EOS-heavy toy places an EOS while other masks remain (non-vacuity)."""
+    L, P, T = 8, 5, 4
+    toy = _eos_toy(L, P, [1, 4, 6], 0)
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=0.7, eos_last=False)
+    _, steps = run(toy, cfg, seed=0)
+    final = steps[-1][:, P:]
+    assert _eos_violations(steps, P, final) != []
+    cfg_last = replace(cfg, eos_last=True)
+    _, steps_last = run(_eos_toy(L, P, [1, 4, 6], 0), cfg_last, seed=0)
+    assert _eos_violations(steps_last, P, steps_last[-1][:, P:]) == []
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_seed_determinism(alg):
+    """Same generator seed -> identical output; a different seed -> a different output (temperature > 0)."""
+    cfg = config(alg=alg, max_new_tokens=8, T=4, temperature=1.0, top_p=1.0)
+    a, _ = run(ToyDenoiser(0), cfg, seed=123)
+    b, _ = run(ToyDenoiser(0), cfg, seed=123)
+    c, _ = run(ToyDenoiser(0), cfg, seed=124)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("source", ["unguided", "guided"])
+def test_guidance_zero_steps_is_unguided(alg, source):
+    """reward_guidance with M = 0 gives exactly the unguided output; with M > 0 the output differs."""
+    embed_matrix, score_embeds = linear_reward()
+    base = dict(alg=alg, max_new_tokens=8, T=4, temperature=0.7, confidence=source)
+    unguided, _ = run(ToyDenoiser(0), config(**base), seed=7)
+
+    cfg0 = config(**base, method="entrgi", M=0)
+    gen = torch.Generator().manual_seed(999)  # a separate generator: M = 0 must not matter either way
+    hook0 = reward_guidance(score_embeds, embed_matrix, cfg0, generator=gen)
+    guided0, _ = run(ToyDenoiser(0), cfg0, seed=7, guidance=hook0)
+    assert torch.equal(guided0, unguided)
+
+    cfg3 = config(**base, method="entrgi", M=3, eta=1.0)
+    log: list[torch.Tensor] = []
+    hook3 = reward_guidance(score_embeds, embed_matrix, cfg3, generator=torch.Generator().manual_seed(999),
+                            weight_log=log)
+    guided3, _ = run(ToyDenoiser(0), cfg3, seed=7, guidance=hook3)
+    assert not torch.equal(guided3, unguided)
+    assert len(log) == cfg3.T and all(0.0 <= float(w) <= 1.0 for w in log)
+    # The guidance pushes toward tokens of high linear score: the mean score goes up.
+    score = lambda out: score_embeds(embed_matrix[out.reshape(-1, 8)], None).mean()
+    assert score(guided3) > score(unguided)
+
+
+def test_guidance_zero_steps_shared_generator():
+    """M = 0 with the hook sharing generate's generator still reproduces the unguided output exactly."""
+    embed_matrix, score_embeds = linear_reward()
+    base = dict(alg="entropy", max_new_tokens=6, T=3, temperature=0.7)
+    ids, keep = padded_prompts()
+    g1 = torch.Generator().manual_seed(5)
+    unguided = generate(ToyDenoiser(0), ids, keep, config(**base), mask_id=MASK_ID, eos_id=EOS_ID, generator=g1)
+    cfg0 = config(**base, method="aps", M=0)
+    g2 = torch.Generator().manual_seed(5)
+    hook = reward_guidance(score_embeds, embed_matrix, cfg0, generator=g2)
+    guided = generate(ToyDenoiser(0), ids, keep, cfg0, mask_id=MASK_ID, eos_id=EOS_ID, guidance=hook, generator=g2)
+    assert torch.equal(guided, unguided)
+
+
+def _bias_hook(token: int, scale: float):
+    """Guidance that adds scale * j to `token`'s logit at response position j (changes confidences)."""
+    calls = []
+
+    def hook(logits, masked, positions, response):
+        calls.append(logits.clone())
+        out = logits.clone()
+        out[..., token] += scale * positions.float()
+        return out
+
+    return hook, calls
+
+
+@pytest.mark.parametrize("alg,temperature", [("entropy", 0.7), ("maskgit_plus", 0.0), ("topk_margin", 0.0)])
+def test_confidence_source_unguided_vs_guided(alg, temperature):
+    """Confidence from the denoiser logits ('unguided') or the hook's ('guided'): each matches its formula; orders differ."""
+    L, T = 8, 2  # step 0 fills floor(8 * (1 - .5005)) = 3 of 8
+    first_filled = {}
+    for source in ("unguided", "guided"):
+        cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature, top_p=1.0, eos_last=False,
+                     confidence=source)
+        toy = ToyDenoiser(6)
+        hook, calls = _bias_hook(token=3, scale=1.5)
+        _, steps = run(toy, cfg, seed=1, guidance=hook, eos_id=None)
+        P = steps[0].shape[1] - L
+        assert torch.equal(calls[0], toy.full(initial_ids(cfg), initial_keep(cfg))[:, P:])
+        unguided_logits = calls[0]  # (N, L, V) step 0: every response position is masked
+        guided_logits = unguided_logits.clone()
+        guided_logits[..., 3] += 1.5 * torch.arange(L).float()
+        scale = temperature if temperature > 0 else 1.0
+        q_unguided = torch.softmax(unguided_logits / scale, -1)
+        q_guided = torch.softmax(guided_logits / scale, -1)
+        new = steps[0][:, P:] != MASK_ID  # (N, L)
+        tokens = steps[0][:, P:]
+        if temperature == 0:
+            assert torch.equal(tokens[new], guided_logits.argmax(-1)[new])  # tokens come from the guided logits
+        drawn = guided_logits.argmax(-1) if temperature == 0 else None
+        q = q_unguided if source == "unguided" else q_guided
+        conf = direct_confidence(q, drawn if drawn is not None else q.argmax(-1), alg)  # (N, L)
+        expect = torch.zeros_like(new).scatter_(1, conf.topk(3, dim=-1).indices, True)
+        assert torch.equal(new, expect), (source, new, expect)
+        first_filled[source] = new
+    assert not torch.equal(first_filled["unguided"], first_filled["guided"])
+
+
+# --------------------------------------------------------------------------- helpers of the sampler
+
+
+@FAST
+@given(data=st.data(), N=st.integers(1, 4), L=st.integers(1, 12))
+def test_masked_positions_increasing(data, N, L):
+    """masked_positions returns, per row, exactly the masked positions in increasing order."""
+    n = data.draw(st.integers(0, L))
+    rows = []
+    for _ in range(N):
+        perm = data.draw(st.permutations(list(range(L))))
+        row = torch.zeros(L, dtype=torch.bool)
+        row[list(perm[:n])] = True
+        rows.append(row)
+    masked = torch.stack(rows)
+    got = masked_positions(masked, n)
+    assert got.shape == (N, n)
+    for r in range(N):
+        assert got[r].tolist() == masked[r].nonzero().squeeze(-1).tolist()
+
+
+def test_confidence_formulas():
+    """confidence() per alg equals q(x), q1 - q2 and -H(q) (0 log 0 = 0) on a small example."""
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.8, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    tokens = torch.tensor([1, 2, 0])
+    torch.testing.assert_close(confidence(probs, tokens, "maskgit_plus"), torch.tensor([0.3, 0.8, 0.25]))
+    torch.testing.assert_close(confidence(probs, tokens, "topk_margin"), torch.tensor([0.2, 0.7, 0.0]))
+    neg_h = torch.tensor([
+        0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2),
+        2 * 0.1 * math.log(0.1) + 0.8 * math.log(0.8),
+        math.log(0.25),
+    ])
+    got = confidence(probs, tokens, "entropy")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, neg_h)
+    torch.testing.assert_close(got, direct_confidence(probs, tokens, "entropy"))
+    with pytest.raises(ValueError):
+        confidence(probs, tokens, "origin")
+
+
+@FAST
+@given(seed=seeds, alg=st.sampled_from(NON_ORIGIN))
+def test_confidence_matches_direct_formula_random(seed, alg):
+    """On random filtered distributions (with zeros), confidence() equals the direct formula."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 5, V, generator=g) * 3
+    probs = torch.softmax(filter_logits(logits, 0.8, None), -1)
+    tokens = torch.multinomial(probs.reshape(-1, V), 1, generator=g).reshape(3, 5)
+    torch.testing.assert_close(confidence(probs, tokens, alg), direct_confidence(probs, tokens, alg))
+
+
+# --------------------------------------------------------------------------- denoiser adapters
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return tiny_qwen2(seed=0)
+
+
+def test_dream_denoiser_shift_matches_qwen2_bidirectional(qwen):
+    """dream_denoiser's logits at j equal Qwen2ForCausalLM's logits at j-1 under an all-True 4-D mask."""
+    g = torch.Generator().manual_seed(0)
+    N, S = 2, 9
+    ids = torch.randint(0, 64, (N, S), generator=g)
+    keep = torch.ones(N, S, dtype=torch.bool)
+    positions = torch.tensor([[1, 4, 8], [2, 3, 7]])
+    with torch.no_grad():
+        got = dream_denoiser(qwen)(ids, keep, positions)
+        full = qwen(input_ids=ids, attention_mask=torch.ones(N, 1, S, S, dtype=torch.bool)).logits
+        causal = qwen(input_ids=ids).logits
+    expect = full.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert got.shape == (N, 3, 64)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+    unshifted = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert not torch.allclose(got, unshifted, atol=1e-3)
+    assert not torch.allclose(full[:, :-1], causal[:, :-1], atol=1e-3)  # the reference really is bidirectional
+
+
+def test_dream_denoiser_bidirectional(qwen):
+    """Changing a later token changes dream_denoiser's logits at an earlier position."""
+    ids = torch.tensor([[5, 9, 12, 3, 30, 41, 7, 2]])
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    positions = torch.tensor([[2]])
+    changed = ids.clone()
+    changed[0, 6] = 50
+    with torch.no_grad():
+        a = dream_denoiser(qwen)(ids, keep, positions)
+        b = dream_denoiser(qwen)(changed, keep, positions)
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_dream_denoiser_left_padding_invariant(qwen):
+    """A left-padded row gives the same logits as the same row unpadded (1e-5)."""
+    row = torch.tensor([5, 9, 12, 3, 30, 41, 7])
+    padded = torch.cat([torch.tensor([0, 0, 0]), row]).unsqueeze(0)
+    keep_padded = torch.tensor([[False] * 3 + [True] * 7])
+    batch = torch.stack([padded[0], torch.cat([row, torch.tensor([1, 2, 3])])])  # second row: other content
+    keep_batch = torch.cat([keep_padded, torch.ones(1, 10, dtype=torch.bool)])
+    with torch.no_grad():
+        plain = dream_denoiser(qwen)(row.unsqueeze(0), torch.ones(1, 7, dtype=torch.bool), torch.tensor([[1, 3, 6]]))
+        pad = dream_denoiser(qwen)(padded, keep_padded, torch.tensor([[4, 6, 9]]))
+        in_batch = dream_denoiser(qwen)(batch, keep_batch, torch.tensor([[4, 6, 9], [1, 3, 6]]))
+    torch.testing.assert_close(pad, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(in_batch[:1], plain, rtol=1e-5, atol=1e-5)
+
+
+def test_llada_denoiser_no_shift():
+    """llada_denoiser reads logits at the positions themselves and passes keep as a long (N, S) mask."""
+    seen = {}
+
+    class Toy:
+        def __call__(self, input_ids, attention_mask):
+            seen["mask"] = attention_mask
+            S = input_ids.shape[1]
+            logits = input_ids.unsqueeze(-1).float() * 10 + torch.arange(S).float().view(1, S, 1) \
+                + torch.arange(V).float() / 100
+            return SimpleNamespace(logits=logits)  # (N, S, V), distinct at every position
+
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    keep = torch.tensor([[False, True, True, True, True], [True] * 5])
+    positions = torch.tensor([[1, 3], [0, 4]])
+    got = llada_denoiser(Toy())(ids, keep, positions)
+    passed_mask = seen["mask"]
+    assert passed_mask.dtype == torch.long and torch.equal(passed_mask, keep.long())
+    full = Toy()(ids, keep.long()).logits
+    expect = torch.stack([full[r, positions[r]] for r in range(2)])
+    assert torch.equal(got, expect)
+
+
+def test_llada_denoiser_in_generate():
+    """generate with llada_denoiser over a toy model: no shift means the toy's argmax at j is placed at j."""
+    toy = ToyDenoiser(3)
+
+    class Model:
+        def __call__(self, input_ids, attention_mask):
+            return SimpleNamespace(logits=toy.full(input_ids, attention_mask.bool()))
+
+    cfg = config(alg="maskgit_plus", max_new_tokens=5, T=5, temperature=0.0, eos_last=False)
+    via_llada, _ = run(llada_denoiser(Model()), cfg, seed=0)
+    direct, _ = run(toy, cfg, seed=0)
+    assert torch.equal(via_llada, direct)
+
+
+def test_generate_with_tiny_qwen2_dream(qwen):
+    """Integration: guided generation through dream_denoiser on a tiny Qwen2 keeps every invariant."""
+    mask_id, eos_id = 63, 62
+    base = dream_denoiser(qwen)
+
+    def denoise(ids, keep, positions):  # a trained Dream never predicts its mask token
+        logits = base(ids, keep, positions)
+        return logits.masked_fill(torch.arange(64) == mask_id, -math.inf)
+
+    ids = torch.tensor([[0, 0, 11, 12], [21, 22, 23, 24]])
+    keep = torch.tensor([[False, False, True, True], [True] * 4])
+    g = torch.Generator().manual_seed(0)
+    embed_matrix = torch.randn(64, 8, generator=g)
+    weight = torch.randn(8, generator=g)
+    score_embeds = lambda e, t: (e @ weight).sum(-1)
+    L, T = 6, 3
+    cfg = SamplingConfig(K=2, T=T, M=1, max_new_tokens=L, alg="entropy").validate()
+    outs, records = [], []
+    for _ in range(2):
+        steps = []
+        hook = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            out = generate(denoise, ids, keep, cfg, mask_id=mask_id, eos_id=eos_id, guidance=hook,
+                           generator=torch.Generator().manual_seed(2), on_step=lambda i, x: steps.append(x.clone()))
+        outs.append(out)
+        records.append(steps)
+    out, steps = outs[0], records[0]
+    assert torch.equal(outs[0], outs[1])
+    assert out.shape == (2, 2, L)
+    assert not (out == mask_id).any()
+    schedule = unmask_schedule(L, T)
+    prev = torch.cat([ids.repeat_interleave(2, 0), torch.full((4, L), mask_id)], 1)
+    for (n_masked, n_fill), state in zip(schedule, steps):
+        assert torch.equal(state[:, :4], prev[:, :4])
+        placed = prev[:, 4:] != mask_id
+        assert torch.equal(state[:, 4:][placed], prev[:, 4:][placed])
+        assert ((prev[:, 4:] == mask_id).sum(1) - (state[:, 4:] == mask_id).sum(1) == n_fill).all()
+        prev = state
+
+
+# --------------------------------------------------------------------------- SamplingConfig.validate
+
+
+def test_validate_accepts_defaults():
+    """The published defaults, greedy unguided BoN and top_p = 1 all validate."""
+    cfg = SamplingConfig()
+    assert cfg.validate() is cfg
+    assert (cfg.K, cfg.T, cfg.M, cfg.eta, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.alg, cfg.eos_last) == \
+        (4, 128, 3, 0.5, 128, 0.7, 0.95, "entropy", True)
+    SamplingConfig(method="bon", temperature=0.0).validate()
+    SamplingConfig(top_p=1.0, top_k=1, M=0).validate()
+    for alg in ALGORITHMS:
+        SamplingConfig(alg=alg).validate()
+    for method in ("entrgi", "aps", "expectation", "bon"):
+        SamplingConfig(method=method).validate()
+    SamplingConfig(confidence="guided").validate()
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (dict(K=0), "K"), (dict(K=-3), "K"),
+    (dict(T=0), "T"),
+    (dict(M=-1), "M"),
+    (dict(eta=0.0), "eta"), (dict(eta=-0.5), "eta"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=0.0, method="aps"), "temperature"),
+    (dict(temperature=0.0, method="expectation"), "temperature"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_p=-0.1), "top_p"),
+    (dict(top_k=0), "top_k"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(alg="greedy"), "alg"),
+    (dict(method="dps"), "method"),
+    (dict(confidence="both"), "confidence"),
+    (dict(eps=0.0), "eps"), (dict(eps=1.0), "eps"),
+])
+def test_validate_rejects(overrides, field):
+    """Each out-of-range field raises ValueError with a one-line message naming the problem."""
+    with pytest.raises(ValueError) as info:
+        SamplingConfig(**overrides).validate()
+    message = str(info.value)
+    assert message and "\n" not in message
+    assert field in message
