@@ -115,14 +115,17 @@ def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None 
 
 
 def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One draw per row from the categorical distribution `probs`. (..., V) -> (...) long.
+    """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
-    Exponential race (equivalent to Gumbel-max): argmax_i p_i / E_i with E_i ~ Exp(1)
-    i.i.d. picks i with probability p_i. Unlike `torch.multinomial` it works on any
-    leading shape and costs one elementwise pass.
+    Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs, the draw is the first
+    i with C_i > u * C_V, so i is picked with probability probs_i / C_V. One uniform per
+    row instead of one random number per vocabulary entry (a Gumbel/exponential race), and
+    any leading shape (unlike `torch.multinomial`).
     """
-    race = torch.empty_like(probs, dtype=torch.float32).exponential_(generator=generator)  # (..., V)
-    return torch.argmax(probs.float() / race, dim=-1)  # (...)
+    cdf = probs.float().cumsum(-1)  # (..., V)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device)  # (..., 1)
+    index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (..., 1)
+    return index.clamp(max=cdf.shape[-1] - 1).squeeze(-1)  # (...)
 
 
 def guide(

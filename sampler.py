@@ -38,7 +38,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from entrgi import METHODS, entropy, entropy_weight, filter_logits, guide, sample_categorical
+from entrgi import METHODS, entropy_weight, filter_logits, guide, sample_categorical
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 CONFIDENCE_SOURCES = ("unguided", "guided")
@@ -145,7 +145,7 @@ def confidence(probs: Tensor, tokens: Tensor, alg: str) -> Tensor:
         top2 = probs.topk(2, dim=-1).values  # (..., 2)
         return top2[..., 0] - top2[..., 1]
     if alg == "entropy":
-        return -entropy(probs.log())  # log 0 = -inf is handled by entropy
+        return (probs * torch.where(probs > 0, probs.log(), 0.0)).sum(-1)  # -H(q), 0 log 0 = 0
     raise ValueError(f"no confidence for alg {alg!r}")
 
 

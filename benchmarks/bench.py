@@ -1,0 +1,195 @@
+"""Time one reward-guided denoising step and its parts; report the overhead beyond the models.
+
+    python benchmarks/bench.py --shape tiny                      # CPU, seconds
+    python benchmarks/bench.py --shape dream-7b --json out.json  # CUDA: Dream-7B + Skywork-1.7B shapes
+
+Per prompt, guidance costs T denoiser forwards plus T * M reward forward+backward passes;
+everything else (softmax and entropy over V, the top-p sort, the soft-embedding matmul,
+masks, Python) is overhead:
+
+    overhead_ratio = step_s / (denoiser_s + M * reward_fwd_bwd_s)
+
+Parts, each the median of --repeat runs after --warmup runs, at the first denoising step
+(all L positions masked: the largest block):
+    step_s           one full guided step: denoiser + guidance + sampling and unmasking
+    denoiser_s       the denoiser forward at the masked positions
+    guidance_s       the hook: M x (relaxation + reward forward/backward + Adam)
+    sample_s         sampling, confidence and unmasking from given logits
+    reward_fwd_bwd_s one reward forward + backward to the input embeddings, alone
+
+`dream-7b` builds randomly initialised models with the exact Dream-v0-Instruct-7B and
+Skywork-Reward-V2-Qwen3-1.7B configurations directly on the GPU in bfloat16 (nothing is
+downloaded). Shapes: K = 4 trajectories, L = 128, a 64-token prompt, M = 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import rewards  # noqa: E402
+import run  # noqa: E402
+import sampler  # noqa: E402
+from sampler import SamplingConfig  # noqa: E402
+
+PROMPT_TOKENS = 64
+PROMPT = ("Explain, step by step and with care, why the sky is blue during the day, why sunsets look red, "
+          "and what a masked diffusion language model would need to write a good answer to this question.")
+
+DREAM_7B = dict(  # Dream-org/Dream-v0-Instruct-7B (Qwen2 layout)
+    vocab_size=151936, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=131072, rope_theta=1e6, rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+)
+SKYWORK_1_7B = dict(  # Skywork/Skywork-Reward-V2-Qwen3-1.7B (Qwen3-1.7B with a one-logit score head)
+    vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1e6, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, num_labels=1,
+)
+DREAM_MASK_ID = 151666
+
+
+def build(shape: str, device: torch.device):
+    """(denoiser, its tokenizer, reward model, its tokenizer, mask id, dtype) at the given shape.
+
+    At dream-7b shapes both models read the tiny tokenizer's ids (valid in both vocabularies).
+    """
+    if shape == "tiny":
+        dllm, dllm_tokenizer = run.tiny_dllm()
+        reward, reward_tokenizer = run.tiny_reward()
+        return dllm, dllm_tokenizer, reward, reward_tokenizer, dllm_tokenizer.mask_token_id, torch.float32
+    tokenizer = run.tiny_tokenizer(400)
+    dtype = torch.bfloat16
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            pad = dict(pad_token_id=tokenizer.pad_token_id)
+            dllm = Qwen2ForCausalLM(Qwen2Config(**DREAM_7B, **pad))
+            reward = Qwen3ForSequenceClassification(Qwen3Config(**SKYWORK_1_7B, **pad))
+    finally:
+        torch.set_default_dtype(previous)
+    return dllm, tokenizer, reward, tokenizer, DREAM_MASK_ID, dtype
+
+
+def timed(fn, warmup: int, repeat: int, device: torch.device) -> float:
+    """Median wall-clock seconds of fn() over `repeat` runs after `warmup` runs."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: peak resident set of the process
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=("tiny", "dream-7b"), default="tiny")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    device = run.resolve_device(args.device)
+    dllm, tokenizer, reward, reward_tokenizer, mask_id, dtype = build(args.shape, device)
+    for model in (dllm, reward):
+        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    config = SamplingConfig(K=4, max_new_tokens=128, M=3, T=1)  # T = 1: one step over all L masks
+    K, L = config.K, config.max_new_tokens
+    prompt_ids = tokenizer(PROMPT * 4, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
+    prompt = torch.tensor([prompt_ids], device=device)  # (1, P)
+    prompt_keep = torch.ones_like(prompt, dtype=torch.bool)  # (1, P)
+    bridge = rewards.vocab_bridge(tokenizer, reward_tokenizer, dllm.config.vocab_size)
+    embed_matrix = rewards.bridged_embeddings(reward.get_input_embeddings().weight, bridge)  # (V, d)
+    scorer = rewards.EmbeddingScorer(reward, reward_tokenizer, [PROMPT], K=K, eos_id=tokenizer.eos_token_id,
+                                     pad_id=tokenizer.pad_token_id)
+    denoise = sampler.dream_denoiser(dllm)
+
+    N = K
+    ids = torch.cat([prompt.repeat(N, 1), torch.full((N, L), mask_id, device=device)], 1)  # (N, S)
+    keep = torch.ones_like(ids, dtype=torch.bool)  # (N, S)
+    positions = torch.arange(L, device=device).repeat(N, 1)  # (N, L)
+    response = ids[:, PROMPT_TOKENS:]  # (N, L)
+    masked = torch.ones(N, L, dtype=torch.bool, device=device)  # (N, L)
+    with torch.no_grad():
+        logits = denoise(ids, keep, positions + PROMPT_TOKENS).float()  # (N, L, V)
+
+    def fresh_generator():
+        return torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        hook = sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())
+        with torch.no_grad():
+            sampler.generate(denoise, prompt, prompt_keep, config, mask_id=mask_id, eos_id=tokenizer.eos_token_id,
+                             guidance=hook, generator=fresh_generator())
+
+    def denoiser():
+        with torch.no_grad():
+            denoise(ids, keep, positions + PROMPT_TOKENS).float()
+
+    def guidance():
+        sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())(logits, masked, positions, response)
+
+    def sample():
+        unguided = SamplingConfig(**{**config.__dict__, "method": "bon"})
+        with torch.no_grad():
+            sampler.generate(lambda *_: logits, prompt, prompt_keep, unguided, mask_id=mask_id,
+                             eos_id=tokenizer.eos_token_id, generator=fresh_generator())
+
+    embeds = embed_matrix[logits.argmax(-1)].detach()  # (N, L, d)
+    tokens = logits.argmax(-1)  # (N, L)
+
+    def reward_fwd_bwd():
+        leaf = embeds.clone().requires_grad_(True)
+        with torch.enable_grad():
+            scorer(leaf, tokens).sum().backward()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    figures = {name: timed(fn, args.warmup, args.repeat, device) for name, fn in
+               [("step_s", step), ("denoiser_s", denoiser), ("guidance_s", guidance), ("sample_s", sample),
+                ("reward_fwd_bwd_s", reward_fwd_bwd)]}
+    figures["overhead_ratio"] = figures["step_s"] / (figures["denoiser_s"] + config.M * figures["reward_fwd_bwd_s"])
+    figures["peak_mem_bytes"] = peak_memory(device)
+    figures["machine"] = {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+    }
+    figures["shapes"] = {"shape": args.shape, "K": K, "L": L, "prompt_tokens": PROMPT_TOKENS, "M": config.M,
+                         "V": dllm.config.vocab_size, "reward_prefix_tokens": scorer.prefix_ids.shape[1],
+                         "dtype": str(dtype).removeprefix("torch."), "warmup": args.warmup, "repeat": args.repeat}
+    for name in ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s"):
+        print(f"{name:<18} {figures[name] * 1e3:10.2f} ms")
+    print(f"{'overhead_ratio':<18} {figures['overhead_ratio']:10.3f}")
+    print(f"{'peak_mem_bytes':<18} {figures['peak_mem_bytes'] / 2**30:10.2f} GiB")
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
