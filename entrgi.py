@@ -93,17 +93,14 @@ def reward_inputs(
 
 
 def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:
-    """Set to -inf every logit outside the top-k and outside the top-p nucleus. (..., V) -> (..., V).
+    """Set to -inf every logit outside the top-p nucleus, then outside the top-k. (..., V) -> (..., V).
 
-    Both filters are thresholds on the logit value, so tied logits are kept or dropped together.
-    Top-k keeps the logits >= the k-th largest. Top-p keeps token i iff the probability mass
+    Dream's order: top-p on the full distribution first, then top-k. Both filters are
+    thresholds on the logit value, so tied logits are kept or dropped together. Top-k keeps the logits >= the k-th largest. Top-p keeps token i iff the probability mass
     of the tokens strictly more probable than i is < top_p: the smallest set of most
     probable tokens whose mass reaches top_p (the most probable token is always kept).
     top_p = 1 or None and top_k = None are no-ops.
     """
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
-        logits = torch.where(logits < kth, -math.inf, logits)
     if top_p is not None and top_p < 1.0:
         sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (..., V)
         sorted_q = torch.softmax(sorted_logits.float(), dim=-1)  # (..., V)
@@ -111,6 +108,9 @@ def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None 
         n_keep = (mass_above < top_p).sum(-1, keepdim=True)  # (..., 1) >= 1
         threshold = sorted_logits.gather(-1, n_keep - 1)  # (..., 1) smallest kept logit
         logits = torch.where(logits < threshold, -math.inf, logits)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = torch.where(logits < kth, -math.inf, logits)
     return logits
 
 
@@ -153,7 +153,8 @@ def guide(
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
     The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
     `masked` is False carry no gradient and come back unchanged, as do all logits when
-    steps = 0 (the generator is then not touched). Returns float32 (B, L, V).
+    steps = 0 (the generator is then not touched and the input itself is returned).
+    Otherwise returns float32 (B, L, V).
     """
     if method not in METHODS:
         raise ValueError(f"unknown guidance method {method!r}; expected one of {METHODS}")

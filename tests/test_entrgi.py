@@ -593,3 +593,11 @@ def test_sample_categorical_reproducible(seed: int, v: int):
     # One-hot rows are deterministic regardless of the generator.
     onehot = torch.nn.functional.one_hot(a, v).float()
     assert torch.equal(sample_categorical(onehot, gen(seed + 7)), a)
+
+
+def test_filter_applies_top_p_before_top_k_as_dream_does():
+    """Top-p acts on the full distribution, then top-k: q = (.5, .3, .2), p = .6, k = 2 keeps two tokens."""
+    logits = torch.tensor([0.5, 0.3, 0.2]).log()
+    kept = torch.isfinite(filter_logits(logits, top_p=0.6, top_k=2))
+    # top-k first would renormalise to (.625, .375) and the nucleus .6 would keep only one token
+    assert kept.tolist() == [True, True, False]
