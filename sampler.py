@@ -208,7 +208,7 @@ def generate(
         probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
         tokens = sample_tokens(probs, config.temperature, generator)  # (N, n)
         if origin:
-            p_fill = 1.0 if i == T - 1 else (1 - timesteps[i + 1] / timesteps[i]).item()
+            p_fill = 1.0 if i == T - 1 else (1 - timesteps[i + 1] / timesteps[i]).item()  # host tensor: no sync
             draw = torch.rand(block_masked.shape, generator=generator, device=device)  # (N, n)
             fill = block_masked & (draw < p_fill)  # (N, n)
         else:
