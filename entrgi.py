@@ -96,9 +96,10 @@ def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None 
     """Set to -inf every logit outside the top-p nucleus, then outside the top-k. (..., V) -> (..., V).
 
     Dream's order: top-p on the full distribution first, then top-k. Both filters are
-    thresholds on the logit value, so tied logits are kept or dropped together. Top-k keeps the logits >= the k-th largest. Top-p keeps token i iff the probability mass
-    of the tokens strictly more probable than i is < top_p: the smallest set of most
-    probable tokens whose mass reaches top_p (the most probable token is always kept).
+    thresholds on the logit value, so tied logits are kept or dropped together. Top-k
+    keeps the logits >= the k-th largest. Top-p keeps token i iff the probability mass of
+    the tokens strictly more probable than i is < top_p: the smallest set of most probable
+    tokens whose mass reaches top_p (the most probable token is always kept).
     top_p = 1 or None and top_k = None are no-ops.
     """
     if top_p is not None and top_p < 1.0:

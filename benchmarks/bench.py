@@ -25,6 +25,7 @@ downloaded). Shapes: K = 4 trajectories, L = 128, a 64-token prompt, M = 3.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -111,7 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    device = run.resolve_device(args.device)
+    try:
+        device = run.resolve_device(args.device)
+    except run.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     dllm, tokenizer, reward, reward_tokenizer, mask_id, dtype = build(args.shape, device)
     for model in (dllm, reward):
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())(logits, masked, positions, response)
 
     def sample():
-        unguided = SamplingConfig(**{**config.__dict__, "method": "bon"})
+        unguided = dataclasses.replace(config, method="bon")
         with torch.no_grad():
             sampler.generate(lambda *_: logits, prompt, prompt_keep, unguided, mask_id=mask_id,
                              eos_id=tokenizer.eos_token_id, generator=fresh_generator())

@@ -601,3 +601,15 @@ def test_filter_applies_top_p_before_top_k_as_dream_does():
     kept = torch.isfinite(filter_logits(logits, top_p=0.6, top_k=2))
     # top-k first would renormalise to (.625, .375) and the nucleus .6 would keep only one token
     assert kept.tolist() == [True, True, False]
+
+
+def test_sample_categorical_accepts_unnormalised_weights():
+    """Weights need not sum to 1: scaling them by 7 gives the same draws from the same seed, at the right rates."""
+    weights = torch.tensor([1.0, 0.0, 3.0, 4.0])  # normalised: (1/8, 0, 3/8, 1/2)
+    a = sample_categorical(weights.expand(100_000, 4), gen(3))
+    b = sample_categorical(7 * weights.expand(100_000, 4), gen(3))
+    assert torch.equal(a, b)
+    freq = torch.bincount(a, minlength=4).double() / a.numel()
+    expected = weights.double() / weights.sum()
+    sigma = (expected * (1 - expected) / a.numel()).sqrt()
+    assert ((freq - expected).abs() <= 5 * sigma + 1e-12).all(), freq
