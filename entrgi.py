@@ -49,8 +49,8 @@ def entropy(logits: Tensor) -> Tensor:
     filtered-out tokens stay finite. (..., V) -> (...).
     """
     log_q = torch.log_softmax(logits.float(), dim=-1)  # (..., V)
-    q = log_q.exp()  # (..., V)
-    return -(q * torch.where(q > 0, log_q, 0.0)).sum(-1)  # (...)
+    finite_log_q = log_q.clamp(min=torch.finfo(log_q.dtype).min)  # (..., V) -inf -> finite, so 0 * log 0 = 0
+    return -(log_q.exp() * finite_log_q).sum(-1)  # (...)
 
 
 def entropy_weight(logits: Tensor) -> Tensor:
@@ -92,36 +92,46 @@ def reward_inputs(
     return soft + (weight * (hard - soft)).detach()
 
 
-def filter_logits(logits: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:
-    """Set to -inf every logit outside the top-p nucleus, then outside the top-k. (..., V) -> (..., V).
+def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:
+    """Zero every probability outside the top-p nucleus, then outside the top-k. (..., V) -> (..., V) float32.
 
-    Dream's order: top-p on the full distribution first, then top-k. Both filters are
-    thresholds on the logit value, so tied logits are kept or dropped together. Top-k
-    keeps the logits >= the k-th largest. Top-p keeps token i iff the probability mass of
-    the tokens strictly more probable than i is < top_p: the smallest set of most probable
-    tokens whose mass reaches top_p (the most probable token is always kept).
-    top_p = 1 or None and top_k = None are no-ops.
+    Dream's order: top-p on the full distribution first, then top-k. The result is not
+    renormalised (`sample_categorical` does not need it). Top-p keeps token i iff the mass
+    of the tokens strictly more probable than i is < top_p * total: the smallest set of most
+    probable tokens whose mass reaches top_p (the most probable token is always kept).
+    Top-k keeps the tokens >= the k-th largest. Both are thresholds on the probability, so
+    tied tokens are kept or dropped together. top_p = 1 or None and top_k = None are no-ops.
+
+    With the probabilities in ascending order s and their cumulative sums C, the mass
+    strictly above s_j is C_V - C_last (C_last at the last entry equal to s_j), so s_j is
+    kept iff C_last > (1 - top_p) C_V: the threshold is s_j at the first j with
+    C_j > (1 - top_p) C_V, found by binary search. One sort, no pass over V beyond it.
     """
-    if top_p is not None and top_p < 1.0:
-        sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (..., V)
-        sorted_q = torch.softmax(sorted_logits.float(), dim=-1)  # (..., V)
-        mass_above = sorted_q.cumsum(-1) - sorted_q  # (..., V) mass ranked strictly above
-        n_keep = (mass_above < top_p).sum(-1, keepdim=True)  # (..., 1) >= 1
-        threshold = sorted_logits.gather(-1, n_keep - 1)  # (..., 1) smallest kept logit
-        logits = torch.where(logits < threshold, -math.inf, logits)
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
-        logits = torch.where(logits < kth, -math.inf, logits)
-    return logits
+    probs = probs.float()  # (..., V)
+    V = probs.shape[-1]
+    use_p, use_k = top_p is not None and top_p < 1.0, top_k is not None and top_k < V
+    if not (use_p or use_k):
+        return probs
+    # Probabilities are >= 0, and non-negative floats order like their int32 bit patterns:
+    # sorting the bits gives the same order, and integer sorts are faster on CPU.
+    ascending = torch.sort(probs.view(torch.int32), dim=-1).values.view(torch.float32)  # (..., V)
+    threshold = torch.zeros_like(ascending[..., :1])  # (..., 1) keep everything
+    if use_p:
+        cdf = ascending.cumsum(-1)  # (..., V)
+        first = torch.searchsorted(cdf, cdf[..., -1:] * (1.0 - top_p), right=True).clamp(max=V - 1)  # (..., 1)
+        threshold = ascending.gather(-1, first)  # (..., 1) smallest kept probability
+    if use_k:
+        threshold = torch.maximum(threshold, ascending[..., V - top_k : V - top_k + 1])  # (..., 1)
+    return probs * (probs >= threshold)  # (..., V)
 
 
 def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
     Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs, the draw is the first
-    i with C_i > u * C_V, so i is picked with probability probs_i / C_V. One uniform per
-    row instead of one random number per vocabulary entry (a Gumbel/exponential race), and
-    any leading shape (unlike `torch.multinomial`).
+    i with C_i > u * C_V, so i is picked with probability probs_i / C_V (never one of
+    probability 0). One uniform per row instead of one random number per vocabulary entry
+    (a Gumbel/exponential race), and any leading shape (unlike `torch.multinomial`).
     """
     cdf = probs.float().cumsum(-1)  # (..., V)
     u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device)  # (..., 1)
@@ -143,6 +153,7 @@ def guide(
     top_p: float | None = 0.95,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    first_probs: Tensor | None = None,
 ) -> Tensor:
     """Reward-guided logits: `steps` Adam steps of gradient ascent on the summed reward.
 
@@ -152,6 +163,9 @@ def guide(
         embeds = where(masked, reward_inputs(phi, E, x, method, tau), E[tokens])
         tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
+    `first_probs` (B, L, V), if given, is the first step's draw distribution
+    filter(softmax(logits / tau)) (any scale), already computed by the caller: the first step
+    draws from it instead of filtering the same logits again.
     The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
     `masked` is False carry no gradient and come back unchanged, as do all logits when
     steps = 0 (the generator is then not touched and the input itself is returned).
@@ -164,18 +178,20 @@ def guide(
     if steps == 0:
         return logits
     phi = logits.detach().float().clone().requires_grad_(True)  # (B, L, V)
-    optimizer = torch.optim.Adam([phi], lr=lr, fused=phi.is_cuda)
+    optimizer = torch.optim.Adam([phi], lr=lr, fused=True)  # one kernel per step, on CPU and CUDA
     embed_matrix = embed_matrix.detach()  # guidance moves phi only
     fixed_embeds = embed_matrix[tokens]  # (B, L, d) real tokens at unmasked positions
     is_masked = masked.unsqueeze(-1)  # (B, L, 1)
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
             with torch.no_grad():
                 if method == "expectation":
                     hard_tokens = tokens  # unused by the relaxation: no draw needed
                 else:
-                    q_filtered = torch.softmax(filter_logits(phi / temperature, top_p, top_k), dim=-1)  # (B, L, V)
+                    q_filtered = first_probs if step == 0 and first_probs is not None else filter_probs(
+                        torch.softmax(phi / temperature, dim=-1), top_p, top_k)  # (B, L, V)
                     hard_tokens = sample_categorical(q_filtered, generator)  # (B, L)
+                    del q_filtered  # free (B, L, V) before the reward pass
                 guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)
             guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature)  # (B, L, d)
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)

@@ -38,14 +38,16 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from entrgi import METHODS, entropy_weight, filter_logits, guide, sample_categorical
+from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 CONFIDENCE_SOURCES = ("unguided", "guided")
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
-Guidance = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-"""guidance(logits (N, n, V), masked (N, n) bool, positions (N, n), response (N, L)) -> (N, n, V)."""
+Guidance = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+"""guidance(logits (N, n, V), probs (N, n, V), masked (N, n) bool, positions (N, n), response (N, L)) -> (N, n, V).
+
+probs = token_probs(logits): the unguided sampling distribution, which the sampler has computed anyway."""
 
 
 def _option(default, help: str, source: str, **extra):
@@ -125,9 +127,10 @@ def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[in
 
 
 def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
-    """q = softmax(filter(phi / tau)); tau = 0 means no scaling (greedy). (..., V) -> (..., V) float32."""
-    scaled = logits.float() / temperature if temperature > 0 else logits.float()
-    return torch.softmax(filter_logits(scaled, top_p, top_k), dim=-1)
+    """q = softmax(filter(phi / tau)), normalised; tau = 0 means no scaling (greedy). (..., V) -> (..., V) float32."""
+    scaled = logits.float() / temperature if temperature > 0 else logits.float()  # (..., V)
+    kept = filter_probs(torch.softmax(scaled, dim=-1), top_p, top_k)  # (..., V)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -145,7 +148,9 @@ def confidence(probs: Tensor, tokens: Tensor, alg: str) -> Tensor:
         top2 = probs.topk(2, dim=-1).values  # (..., 2)
         return top2[..., 0] - top2[..., 1]
     if alg == "entropy":
-        return (probs * torch.where(probs > 0, probs.log(), 0.0)).sum(-1)  # -H(q), 0 log 0 = 0
+        # log of the smallest normal float instead of log 0 = -inf: 0 * log 0 = 0, and no slow path
+        finite_log_q = probs.clamp(min=torch.finfo(probs.dtype).tiny).log()  # (..., V)
+        return (probs * finite_log_q).sum(-1)  # -H(q)
     raise ValueError(f"no confidence for alg {alg!r}")
 
 
@@ -203,18 +208,18 @@ def generate(
         positions = all_positions if origin else masked_positions(masked, schedule[i][0])  # (N, n)
         block_masked = masked.gather(1, positions)  # (N, n)
         logits = denoise(ids, keep, positions + P).float()  # (N, n, V)
-        guided = logits if guidance is None else guidance(logits, block_masked, positions, response)  # (N, n, V)
-
-        probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
-        tokens = sample_tokens(probs, config.temperature, generator)  # (N, n)
+        probs = token_probs(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) unguided q
+        guided_probs = probs  # (N, n, V)
+        if guidance is not None:
+            guided = guidance(logits, probs, block_masked, positions, response)  # (N, n, V)
+            guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
+        tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
         if origin:
             p_fill = 1.0 if i == T - 1 else (1 - timesteps[i + 1] / timesteps[i]).item()  # host tensor: no sync
             draw = torch.rand(block_masked.shape, generator=generator, device=device)  # (N, n)
             fill = block_masked & (draw < p_fill)  # (N, n)
         else:
-            if guided is not logits and config.confidence == "unguided":
-                probs = token_probs(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V)
-            score = confidence(probs, tokens, config.alg)  # (N, n)
+            score = confidence(probs if config.confidence == "unguided" else guided_probs, tokens, config.alg)  # (N, n)
             if config.eos_last and eos_id is not None:
                 score = torch.where(tokens == eos_id, -math.inf, score)
             chosen = score.topk(schedule[i][1], dim=-1).indices  # (N, n_fill)
@@ -245,7 +250,7 @@ def reward_guidance(
     device scalar: no synchronisation).
     """
 
-    def hook(logits: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
+    def hook(logits: Tensor, probs: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
         fixed_embeds = embed_matrix[response]  # (N, L, d)
         index = repeat(positions, "n m -> n m d", d=fixed_embeds.shape[-1])  # (N, n, d)
 
@@ -260,7 +265,7 @@ def reward_guidance(
         return guide(
             logits, masked, response.gather(1, positions), embed_matrix, reward_fn,
             method=config.method, steps=config.M, lr=config.eta, temperature=config.temperature,
-            top_p=config.top_p, top_k=config.top_k, generator=generator,
+            top_p=config.top_p, top_k=config.top_k, generator=generator, first_probs=probs,
         )
 
     return hook

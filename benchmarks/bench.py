@@ -82,19 +82,25 @@ def build(shape: str, device: torch.device):
     return dllm, tokenizer, reward, tokenizer, DREAM_MASK_ID, dtype
 
 
-def timed(fn, warmup: int, repeat: int, device: torch.device) -> float:
-    """Median wall-clock seconds of fn() over `repeat` runs after `warmup` runs."""
+def timed(parts: dict, warmup: int, repeat: int, device: torch.device) -> dict[str, float]:
+    """Median wall-clock seconds of each part over `repeat` rounds, after `warmup` rounds.
+
+    Every round runs each part once, in turn, so that slow drifts in the speed of a shared
+    machine reach all parts alike (the ratio of medians stays steady).
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in parts.values():
+            fn()
+    times = {name: [] for name in parts}
     for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in parts.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_memory(device: torch.device) -> int:
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
             denoise(ids, keep, positions + PROMPT_TOKENS).float()
 
     def guidance():
-        sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())(logits, masked, positions, response)
+        sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())(logits, probs, masked, positions, response)
 
     def sample():
         unguided = dataclasses.replace(config, method="bon")
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             sampler.generate(lambda *_: logits, prompt, prompt_keep, unguided, mask_id=mask_id,
                              eos_id=tokenizer.eos_token_id, generator=fresh_generator())
 
+    probs = sampler.token_probs(logits, config.temperature, config.top_p, config.top_k)  # (N, L, V) unguided q
     embeds = embed_matrix[logits.argmax(-1)].detach()  # (N, L, d)
     tokens = logits.argmax(-1)  # (N, L)
 
@@ -173,9 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    figures = {name: timed(fn, args.warmup, args.repeat, device) for name, fn in
-               [("step_s", step), ("denoiser_s", denoiser), ("guidance_s", guidance), ("sample_s", sample),
-                ("reward_fwd_bwd_s", reward_fwd_bwd)]}
+    parts = {"step_s": step, "denoiser_s": denoiser, "guidance_s": guidance, "sample_s": sample,
+             "reward_fwd_bwd_s": reward_fwd_bwd}
+    figures = timed(parts, args.warmup, args.repeat, device)
     figures["overhead_ratio"] = figures["step_s"] / (figures["denoiser_s"] + config.M * figures["reward_fwd_bwd_s"])
     figures["peak_mem_bytes"] = peak_memory(device)
     figures["machine"] = {

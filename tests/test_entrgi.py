@@ -11,10 +11,13 @@ What this module proves, each against an independent float64 / plain-Python refe
     dR/dphi and leaves unmasked positions bit-identical, steps = 0 is a no-op that does not touch
     the generator, argument validation, vectorised calls with (B, L, d) / (B, L) inputs and
     argmax tokens at masked positions, rows independent of each other; its hard tokens are fresh
-    draws from softmax(filter(phi / tau)) at every step (5-sigma frequencies, support, reproducible).
-  * `filter_logits` keeps the brute-force top-p nucleus / exactly the top k; no-op settings.
+    draws from softmax(filter(phi / tau)) at every step (5-sigma frequencies, support, reproducible),
+    the first of them from the caller's `first_probs` when given.
+  * `filter_probs` keeps the brute-force top-p nucleus / exactly the top k (top-p first, as
+    Dream), ties together, kept probabilities unchanged and the rest 0, any scale; no-op settings.
   * `sample_categorical` draws from the given distribution (5-sigma binomial bounds over 200k
-    draws, zero-probability tokens never drawn) and is reproducible from the generator seed.
+    draws, zero-probability tokens never drawn), any leading shape, unnormalised weights, and
+    is reproducible from the generator seed.
 
 All randomness comes from explicit `torch.Generator`s seeded by Hypothesis; CPU, small shapes.
 """
@@ -33,7 +36,7 @@ from entrgi import (
     METHODS,
     entropy,
     entropy_weight,
-    filter_logits,
+    filter_probs,
     guide,
     reward_inputs,
     sample_categorical,
@@ -458,7 +461,7 @@ def test_guide_hard_tokens_come_from_filtered_distribution(p: Problem, seed: int
     guide(p.logits, p.masked, p.tokens, embed, rec, method="aps", steps=1, lr=0.1,
           temperature=p.temperature, top_p=top_p, top_k=top_k, generator=gen(seed))
     drawn = rec.embeds[0].argmax(-1)  # (B, L)
-    support = torch.isfinite(filter_logits(p.logits / p.temperature, top_p, top_k))  # (B, L, V)
+    support = filter_probs(torch.softmax(p.logits / p.temperature, -1), top_p, top_k) > 0  # (B, L, V)
     assert torch.all(support.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)[p.masked])
     torch.testing.assert_close(rec.embeds[0][p.masked], embed[drawn][p.masked], atol=1e-6, rtol=0)
 
@@ -483,6 +486,26 @@ def test_guide_draws_follow_filtered_distribution(seed: int, method: str, tau: f
     drawn = hard.argmax(-1)
     torch.testing.assert_close(hard, embed.double()[drawn], atol=1e-3, rtol=0)
     assert_frequencies(drawn, probs)
+
+
+@FAST
+@given(p=problems(), seed=seeds, method=st.sampled_from(["entrgi", "aps"]), top_p=st.sampled_from([None, 0.8]))
+def test_guide_first_probs_is_the_callers_distribution(p: Problem, seed: int, method: str, top_p):
+    """first_probs = filter(softmax(logits / tau)) changes nothing (bitwise); another distribution
+    is what the first step draws from (one-hot: its token at every masked position)."""
+    reward = sine_reward(p.coef)
+    q_filtered = filter_probs(torch.softmax(p.logits / p.temperature, -1), top_p)
+    plain = run_guide(p, reward, method, 2, 0.5, seed, top_p=top_p)
+    shared = run_guide(p, reward, method, 2, 0.5, seed, top_p=top_p, first_probs=q_filtered)
+    assert torch.equal(plain, shared)
+    v = p.logits.shape[-1]
+    last_token = torch.zeros_like(p.logits)
+    last_token[..., v - 1] = 1.0  # a one-hot distribution on token V - 1
+    embed = torch.eye(v)
+    rec = Recorder(lambda e, t: e.sum((-2, -1)))
+    guide(p.logits, p.masked, p.tokens, embed, rec, method="aps", steps=2, lr=0.1, temperature=p.temperature,
+          top_p=top_p, generator=gen(seed), first_probs=last_token)
+    assert torch.all(rec.embeds[0].argmax(-1)[p.masked] == v - 1)
 
 
 @FEW
@@ -510,49 +533,71 @@ def test_guide_redraws_hard_tokens_each_step_from_generator(seed: int, tau: floa
     assert abs(agree - agree_p) <= 5 * math.sqrt(agree_p * (1 - agree_p) / n)
 
 
-# --------------------------------------------------------------------------- filter_logits
+# --------------------------------------------------------------------------- filter_probs
+
+
+def kept_set(probs_row: torch.Tensor, top_p, top_k=None) -> set[int]:
+    """The token ids `filter_probs` keeps (leaves nonzero) in one row (V,) of positive probabilities."""
+    return {i for i, q in enumerate(filter_probs(probs_row, top_p, top_k).tolist()) if q > 0}
 
 
 @settings(max_examples=40, deadline=None)
-@given(v=st.integers(2, 10), rows=st.integers(1, 4), seed=seeds, scale=logit_scales, top_p=st.floats(0.05, 0.999))
-def test_filter_top_p_matches_brute_force(v: int, rows: int, seed: int, scale: float, top_p: float):
-    """Top-p keeps exactly the brute-force nucleus; kept logits are unchanged, the rest -inf."""
+@given(v=st.integers(2, 10), rows=st.integers(1, 4), seed=seeds, scale=logit_scales, top_p=st.floats(0.05, 0.999),
+       mass=st.sampled_from([1.0, 7.0]))
+def test_filter_top_p_matches_brute_force(v: int, rows: int, seed: int, scale: float, top_p: float, mass: float):
+    """Top-p keeps exactly the brute-force nucleus, unchanged, and zeroes the rest; weights of any total mass."""
     logits = torch.randn(rows, v, generator=gen(seed)) * scale
-    out = filter_logits(logits, top_p=top_p)
+    probs = torch.softmax(logits, -1) * mass
+    out = filter_probs(probs, top_p)
     for r in range(rows):
-        row = logits[r].tolist()
-        assume(len(set(row)) == v)  # distinct logits: the order is well defined
-        kept, prefix = brute_force_nucleus(row, top_p)
+        assume(len(set(probs[r].tolist())) == v)  # distinct probabilities: the order is well defined
+        kept, prefix = brute_force_nucleus(logits[r].tolist(), top_p)
         assume(all(abs(m - top_p) > 1e-5 for m in prefix))  # away from float rounding at the boundary
-        got = {i for i in range(v) if math.isfinite(out[r, i].item())}
-        assert got == kept
+        assert kept_set(probs[r], top_p) == kept
         for i in range(v):
-            assert out[r, i].item() == (row[i] if i in kept else -math.inf)
+            assert out[r, i].item() == (probs[r, i].item() if i in kept else 0.0)
 
 
 @settings(max_examples=30, deadline=None)
 @given(v=st.integers(2, 12), rows=st.integers(1, 4), seed=seeds, data=st.data())
 def test_filter_top_k_keeps_exactly_k(v: int, rows: int, seed: int, data):
-    """Top-k keeps exactly the k largest (distinct) logits unchanged and sets the rest to -inf."""
+    """Top-k keeps exactly the k largest (distinct) probabilities."""
     k = data.draw(st.integers(1, v))
-    logits = torch.randn(rows, 3, v, generator=gen(seed))
-    out = filter_logits(logits, top_p=None, top_k=k)
-    for row_in, row_out in zip(logits.reshape(-1, v).tolist(), out.reshape(-1, v).tolist()):
+    probs = torch.softmax(torch.randn(rows, 3, v, generator=gen(seed)), -1)
+    out = filter_probs(probs, top_p=None, top_k=k)
+    for row_in, row_out in zip(probs.reshape(-1, v).tolist(), out.reshape(-1, v).tolist()):
         assume(len(set(row_in)) == v)
         largest = set(sorted(range(v), key=lambda i: -row_in[i])[:k])
-        assert {i for i in range(v) if math.isfinite(row_out[i])} == largest
-        assert all(row_out[i] == (row_in[i] if i in largest else -math.inf) for i in range(v))
+        assert {i for i in range(v) if row_out[i] > 0} == largest
+
+
+def test_filter_keeps_ties_together():
+    """Tokens of equal probability are kept or dropped together, by top-p and by top-k."""
+    probs = torch.tensor([0.4, 0.2, 0.2, 0.1, 0.1])
+    # By mass alone the nucleus of 0.5 is {0, one of the 0.2s}; the tie keeps both.
+    assert kept_set(probs, 0.5) == {0, 1, 2}
+    assert kept_set(probs, None, top_k=2) == {0, 1, 2}
+    assert kept_set(probs, 0.85) == {0, 1, 2, 3, 4}  # the 0.1 tie straddles 0.85: both kept
+    assert kept_set(probs, 0.4) == {0}  # the most probable token alone reaches 0.4
 
 
 @FAST
-@given(v=st.integers(1, 12), seed=seeds, top_p=st.sampled_from([None, 1.0]), with_inf=st.booleans())
-def test_filter_noop_settings(v: int, seed: int, top_p, with_inf: bool):
-    """top_p in {1, None} with top_k None (or top_k >= V) returns the logits unchanged."""
+@given(v=st.integers(1, 12), seed=seeds, top_p=st.sampled_from([None, 1.0]), with_zero=st.booleans())
+def test_filter_noop_settings(v: int, seed: int, top_p, with_zero: bool):
+    """top_p in {1, None} with top_k None (or top_k >= V) returns the probabilities unchanged."""
     logits = torch.randn(2, v, generator=gen(seed)) * 5
-    if with_inf and v > 1:
-        logits[:, -1] = -math.inf
-    assert torch.equal(filter_logits(logits, top_p=top_p, top_k=None), logits)
-    assert torch.equal(filter_logits(logits, top_p=top_p, top_k=v), logits)
+    if with_zero and v > 1:
+        logits[:, -1] = -math.inf  # probability exactly 0
+    probs = torch.softmax(logits, -1)
+    assert torch.equal(filter_probs(probs, top_p=top_p, top_k=None), probs)
+    assert torch.equal(filter_probs(probs, top_p=top_p, top_k=v), probs)
+
+
+def test_filter_applies_top_p_before_top_k_as_dream_does():
+    """Top-p acts on the full distribution, then top-k: q = (.5, .3, .2), p = .6, k = 2 keeps two tokens."""
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    # top-k first would renormalise to (.625, .375) and the nucleus .6 would keep only one token
+    assert kept_set(probs, 0.6, top_k=2) == {0, 1}
 
 
 # --------------------------------------------------------------------------- sample_categorical
@@ -593,14 +638,6 @@ def test_sample_categorical_reproducible(seed: int, v: int):
     # One-hot rows are deterministic regardless of the generator.
     onehot = torch.nn.functional.one_hot(a, v).float()
     assert torch.equal(sample_categorical(onehot, gen(seed + 7)), a)
-
-
-def test_filter_applies_top_p_before_top_k_as_dream_does():
-    """Top-p acts on the full distribution, then top-k: q = (.5, .3, .2), p = .6, k = 2 keeps two tokens."""
-    logits = torch.tensor([0.5, 0.3, 0.2]).log()
-    kept = torch.isfinite(filter_logits(logits, top_p=0.6, top_k=2))
-    # top-k first would renormalise to (.625, .375) and the nucleus .6 would keep only one token
-    assert kept.tolist() == [True, True, False]
 
 
 def test_sample_categorical_accepts_unnormalised_weights():

@@ -34,7 +34,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrgi import filter_logits
+from entrgi import filter_probs
 from sampler import (
     ALGORITHMS,
     SamplingConfig,
@@ -313,7 +313,8 @@ def test_greedy_steps_fill_most_confident(alg, top_p):
     prev = initial_ids(cfg)
     for (n_masked, n_fill), ids in zip(unmask_schedule(L, T), steps):
         logits = toy.full(prev, keep)[:, P:]  # (N, L, V)
-        probs = torch.softmax(filter_logits(logits, top_p, None), -1)
+        probs = filter_probs(torch.softmax(logits, -1), top_p)  # (N, L, V) filtered
+        probs = probs / probs.sum(-1, keepdim=True)
         conf = direct_confidence(probs, probs.argmax(-1), alg)  # (N, L)
         masked = prev[:, P:] == MASK_ID
         conf = torch.where(masked, conf, -math.inf)
@@ -436,7 +437,7 @@ def _bias_hook(token: int, scale: float):
     """Guidance that adds scale * j to `token`'s logit at response position j (changes confidences)."""
     calls = []
 
-    def hook(logits, masked, positions, response):
+    def hook(logits, probs, masked, positions, response):
         calls.append(logits.clone())
         out = logits.clone()
         out[..., token] += scale * positions.float()
@@ -523,7 +524,8 @@ def test_confidence_matches_direct_formula_random(seed, alg):
     """On random filtered distributions (with zeros), confidence() equals the direct formula."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(3, 5, V, generator=g) * 3
-    probs = torch.softmax(filter_logits(logits, 0.8, None), -1)
+    probs = filter_probs(torch.softmax(logits, -1), 0.8)  # zeros outside the nucleus
+    probs = probs / probs.sum(-1, keepdim=True)
     tokens = torch.multinomial(probs.reshape(-1, V), 1, generator=g).reshape(3, 5)
     torch.testing.assert_close(confidence(probs, tokens, alg), direct_confidence(probs, tokens, alg))
 
