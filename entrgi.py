@@ -104,8 +104,9 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
 
     With the probabilities in ascending order s and their cumulative sums C, the mass
     strictly above s_j is C_V - C_last (C_last at the last entry equal to s_j), so s_j is
-    kept iff C_last > (1 - top_p) C_V: the threshold is s_j at the first j with
-    C_j > (1 - top_p) C_V, found by binary search. One sort, no pass over V beyond it.
+    kept iff C_last > (1 - top_p) C_V. That holds from the first j with C_j > (1 - top_p) C_V
+    on, and for the entries equal to it: s_j there is the threshold, found by binary search
+    on C. One sort and one cumulative sum; no second softmax, no scatter back.
     """
     probs = probs.float()  # (..., V)
     V = probs.shape[-1]

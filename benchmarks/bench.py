@@ -9,8 +9,8 @@ masks, Python) is overhead:
 
     overhead_ratio = step_s / (denoiser_s + M * reward_fwd_bwd_s)
 
-Parts, each the median of --repeat runs after --warmup runs, at the first denoising step
-(all L positions masked: the largest block):
+Parts, each the median over --repeat rounds after --warmup rounds (a round runs every part
+once, in turn), at the first denoising step (all L positions masked: the largest block):
     step_s           one full guided step: denoiser + guidance + sampling and unmasking
     denoiser_s       the denoiser forward at the masked positions
     guidance_s       the hook: M x (relaxation + reward forward/backward + Adam)
@@ -115,11 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shape", choices=("tiny", "dream-7b"), default="tiny")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
         device = run.resolve_device(args.device)
+        if args.shape == "dream-7b" and device.type != "cuda":
+            raise run.UsageError("--shape dream-7b needs a CUDA GPU (it builds 9 B parameters in bfloat16)")
     except run.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

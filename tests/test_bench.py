@@ -1,0 +1,45 @@
+"""The benchmark runs as the README says and reports every figure issue 4 asks for.
+
+No timing is asserted (performance is measured by `benchmarks/bench.py`, not by tests):
+only that one round at tiny shapes completes, is internally consistent, and lands in JSON.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bench  # noqa: E402
+
+PARTS = ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s")
+
+
+def test_bench_tiny_reports_every_figure(tmp_path, capsys):
+    """--shape tiny on CPU: positive part times, the ratio from them, machine and shapes, same JSON."""
+    out = tmp_path / "tiny.json"
+    figures = bench.main(["--shape", "tiny", "--device", "cpu", "--warmup", "0", "--repeat", "1", "--json", str(out)])
+    assert all(figures[name] > 0 for name in PARTS)
+    M = figures["shapes"]["M"]
+    expected = figures["step_s"] / (figures["denoiser_s"] + M * figures["reward_fwd_bwd_s"])
+    assert figures["overhead_ratio"] == pytest.approx(expected)
+    assert figures["peak_mem_bytes"] > 0
+    assert figures["machine"]["torch"] == torch.__version__
+    assert {k: figures["shapes"][k] for k in ("K", "L", "prompt_tokens", "M")} == {
+        "K": 4, "L": 128, "prompt_tokens": 64, "M": 3}
+    assert json.loads(out.read_text()) == figures
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in PARTS + ("overhead_ratio", "peak_mem_bytes"))
+
+
+@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "dream-7b", "--device", "cpu"]])
+def test_bench_without_gpu_is_a_one_line_error(argv, capsys):
+    """CUDA asked for where there is none, or dream-7b shapes on the CPU: exit status 2, one line on stderr."""
+    if argv[-1] == "cuda" and torch.cuda.is_available():
+        pytest.skip("checks the error without a GPU")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
