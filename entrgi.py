@@ -48,9 +48,8 @@ def entropy(logits: Tensor) -> Tensor:
     Entries of -inf have probability 0 and contribute 0 (0 * log 0 = 0), so rows with
     filtered-out tokens stay finite. (..., V) -> (...).
     """
-    log_q = torch.log_softmax(logits.float(), dim=-1)  # (..., V)
-    finite_log_q = log_q.clamp(min=torch.finfo(log_q.dtype).min)  # (..., V) -inf -> finite, so 0 * log 0 = 0
-    return -(log_q.exp() * finite_log_q).sum(-1)  # (...)
+    q = torch.softmax(logits.float(), dim=-1)  # (..., V)
+    return torch.special.entr(q).sum(-1)  # (...) entr(q) = -q log q, entr(0) = 0
 
 
 def entropy_weight(logits: Tensor) -> Tensor:
@@ -69,6 +68,7 @@ def reward_inputs(
     hard_tokens: Tensor,
     method: str,
     temperature: float = 1.0,
+    q_tau: Tensor | None = None,
 ) -> Tensor:
     """The reward model's input embeddings at the guided positions.
 
@@ -77,11 +77,13 @@ def reward_inputs(
         e_hat = soft + sg(w * (hard - soft))        w = entropy_weight(logits) | 1 | 0
 
     for method "entrgi" | "aps" | "expectation". logits (..., V), embed_matrix (V, d),
-    hard_tokens (...) long. Returns (..., d) in embed_matrix's dtype.
+    hard_tokens (...) long. `q_tau` (..., V), if given, is softmax(logits / tau) already
+    computed by the caller (and differentiable in logits). Returns (..., d) in embed_matrix's dtype.
     """
     if method not in METHODS:
         raise ValueError(f"unknown guidance method {method!r}; expected one of {METHODS}")
-    q_tau = torch.softmax(logits.float() / temperature, dim=-1)  # (..., V)
+    if q_tau is None:
+        q_tau = torch.softmax(logits.float() / temperature, dim=-1)  # (..., V)
     soft = q_tau.to(embed_matrix.dtype) @ embed_matrix  # (..., d)
     if method == "expectation":
         return soft
@@ -123,7 +125,7 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
         threshold = ascending.gather(-1, first)  # (..., 1) smallest kept probability
     if use_k:
         threshold = torch.maximum(threshold, ascending[..., V - top_k : V - top_k + 1])  # (..., 1)
-    return probs * (probs >= threshold)  # (..., V)
+    return torch.where(probs >= threshold, probs, 0.0)  # (..., V)
 
 
 def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -185,16 +187,17 @@ def guide(
     is_masked = masked.unsqueeze(-1)  # (B, L, 1)
     with torch.enable_grad():
         for step in range(steps):
+            q_tau = torch.softmax(phi / temperature, dim=-1)  # (B, L, V) the relaxation's, and the draw's
             with torch.no_grad():
                 if method == "expectation":
                     hard_tokens = tokens  # unused by the relaxation: no draw needed
                 else:
                     q_filtered = first_probs if step == 0 and first_probs is not None else filter_probs(
-                        torch.softmax(phi / temperature, dim=-1), top_p, top_k)  # (B, L, V)
+                        q_tau.detach(), top_p, top_k)  # (B, L, V)
                     hard_tokens = sample_categorical(q_filtered, generator)  # (B, L)
                     del q_filtered  # free (B, L, V) before the reward pass
                 guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)
-            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature)  # (B, L, d)
+            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, q_tau)  # (B, L, d)
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
             loss = -reward_fn(embeds, guided_tokens).sum()
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # d loss / d phi only: R's weights get no .grad

@@ -127,10 +127,9 @@ def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[in
 
 
 def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
-    """q = softmax(filter(phi / tau)), normalised; tau = 0 means no scaling (greedy). (..., V) -> (..., V) float32."""
+    """q = softmax(filter(phi / tau)), not renormalised; tau = 0 means no scaling (greedy). (..., V) -> (..., V) float32."""
     scaled = logits.float() / temperature if temperature > 0 else logits.float()  # (..., V)
-    kept = filter_probs(torch.softmax(scaled, dim=-1), top_p, top_k)  # (..., V)
-    return kept / kept.sum(-1, keepdim=True)
+    return filter_probs(torch.softmax(scaled, dim=-1), top_p, top_k)
 
 
 def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -141,16 +140,15 @@ def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator 
 
 
 def confidence(probs: Tensor, tokens: Tensor, alg: str) -> Tensor:
-    """Dream's unmasking confidence of drawing `tokens` from q = probs. (..., V), (...) -> (...)."""
+    """Dream's unmasking confidence of drawing `tokens` from q = probs / sum(probs). (..., V), (...) -> (...)."""
+    probs = probs / probs.sum(-1, keepdim=True)  # (..., V) renormalised after filtering
     if alg == "maskgit_plus":
         return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if alg == "topk_margin":
         top2 = probs.topk(2, dim=-1).values  # (..., 2)
         return top2[..., 0] - top2[..., 1]
     if alg == "entropy":
-        # log of the smallest normal float instead of log 0 = -inf: 0 * log 0 = 0, and no slow path
-        finite_log_q = probs.clamp(min=torch.finfo(probs.dtype).tiny).log()  # (..., V)
-        return (probs * finite_log_q).sum(-1)  # -H(q)
+        return -torch.special.entr(probs).sum(-1)  # -H(q); entr(q) = -q log q, entr(0) = 0
     raise ValueError(f"no confidence for alg {alg!r}")
 
 

@@ -2,7 +2,8 @@
 
 What this module proves, each against an independent float64 / plain-Python reference:
   * `reward_inputs` has forward value (1 - w) * soft + w * hard with w = H(softmax(phi)) / log V
-    (entrgi), 1 (aps) or 0 (expectation), and for every method the gradient of the soft path;
+    (entrgi), 1 (aps) or 0 (expectation), and for every method the gradient of the soft path
+    (also when the caller hands it softmax(phi / tau));
     with a reward linear in the embeddings the three methods give bitwise identical gradients
     and identical `guide` results.
   * `entropy` / `entropy_weight` are exact at one-hot and uniform logits, bounded by [0, log V]
@@ -228,6 +229,21 @@ def test_reward_inputs_gradient_is_soft_path(p: Problem, method: str):
     )
     torch.testing.assert_close(vjp, expected, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(logits.grad.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+@FAST
+@given(p=problems(), method=methods)
+def test_reward_inputs_with_callers_q_tau_is_the_same(p: Problem, method: str):
+    """Passing q_tau = softmax(logits / tau), as guide does, changes neither the value nor the gradient (bitwise)."""
+    values, grads = [], []
+    for shared in (False, True):
+        logits = p.logits.clone().requires_grad_(True)
+        q_tau = torch.softmax(logits / p.temperature, -1) if shared else None
+        e_hat = reward_inputs(logits, p.embed, p.hard, method, p.temperature, q_tau)
+        (p.coef * e_hat**2).sum().backward()
+        values.append(e_hat.detach())
+        grads.append(logits.grad)
+    assert torch.equal(values[0], values[1]) and torch.equal(grads[0], grads[1])
 
 
 @FAST

@@ -518,6 +518,16 @@ def test_confidence_formulas():
         confidence(probs, tokens, "origin")
 
 
+@pytest.mark.parametrize("alg", NON_ORIGIN)
+def test_confidence_renormalises(alg):
+    """Filtered weights of any total mass give the confidence of the renormalised distribution."""
+    weights = torch.tensor([[0.5, 0.3, 0.0, 0.0], [0.1, 0.1, 0.6, 0.0]])  # masses 0.8 and 0.8
+    tokens = torch.tensor([1, 2])
+    normalised = weights / weights.sum(-1, keepdim=True)
+    torch.testing.assert_close(confidence(weights, tokens, alg), direct_confidence(normalised, tokens, alg))
+    torch.testing.assert_close(confidence(7 * weights, tokens, alg), confidence(normalised, tokens, alg))
+
+
 @FAST
 @given(seed=seeds, alg=st.sampled_from(NON_ORIGIN))
 def test_confidence_matches_direct_formula_random(seed, alg):
