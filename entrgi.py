@@ -167,7 +167,7 @@ def guide(
         tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
     `first_probs` (B, L, V), if given, is the first step's draw distribution
-    filter(softmax(logits / tau)) (any scale), already computed by the caller: the first step
+    filter(softmax(logits / tau)) as filter_probs returns it, already computed by the caller: the first step
     draws from it instead of filtering the same logits again.
     The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
     `masked` is False carry no gradient and come back unchanged, as do all logits when
@@ -201,5 +201,6 @@ def guide(
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
             loss = -reward_fn(embeds, guided_tokens).sum()
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # d loss / d phi only: R's weights get no .grad
+            del q_tau  # free (B, L, V) before the next step's softmax
             optimizer.step()
     return phi.detach()

@@ -127,7 +127,10 @@ def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[in
 
 
 def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
-    """q = softmax(filter(phi / tau)), not renormalised; tau = 0 means no scaling (greedy). (..., V) -> (..., V) float32."""
+    """filter(softmax(phi / tau)): zeros outside the nucleus, not renormalised; tau = 0 means no scaling (greedy).
+
+    (..., V) -> (..., V) float32.
+    """
     scaled = logits.float() / temperature if temperature > 0 else logits.float()  # (..., V)
     return filter_probs(torch.softmax(scaled, dim=-1), top_p, top_k)
 
@@ -210,7 +213,8 @@ def generate(
         guided_probs = probs  # (N, n, V)
         if guidance is not None:
             guided = guidance(logits, probs, block_masked, positions, response)  # (N, n, V)
-            guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
+            if guided is not logits:  # (M = 0 returns the logits themselves)
+                guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
         tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
         if origin:
             p_fill = 1.0 if i == T - 1 else (1 - timesteps[i + 1] / timesteps[i]).item()  # host tensor: no sync

@@ -559,19 +559,30 @@ def kept_set(probs_row: torch.Tensor, top_p, top_k=None) -> set[int]:
 
 @settings(max_examples=40, deadline=None)
 @given(v=st.integers(2, 10), rows=st.integers(1, 4), seed=seeds, scale=logit_scales, top_p=st.floats(0.05, 0.999),
-       mass=st.sampled_from([1.0, 7.0]))
-def test_filter_top_p_matches_brute_force(v: int, rows: int, seed: int, scale: float, top_p: float, mass: float):
-    """Top-p keeps exactly the brute-force nucleus, unchanged, and zeroes the rest; weights of any total mass."""
+       mass=st.sampled_from([1.0, 7.0]), top_k=st.sampled_from([None, 1, 2, 4]))
+def test_filter_top_p_matches_brute_force(v: int, rows: int, seed: int, scale: float, top_p: float, mass: float,
+                                          top_k):
+    """Top-p (then top-k) keeps exactly the brute-force set, unchanged, and zeroes the rest; any total mass."""
     logits = torch.randn(rows, v, generator=gen(seed)) * scale
     probs = torch.softmax(logits, -1) * mass
-    out = filter_probs(probs, top_p)
+    out = filter_probs(probs, top_p, top_k)
     for r in range(rows):
         assume(len(set(probs[r].tolist())) == v)  # distinct probabilities: the order is well defined
         kept, prefix = brute_force_nucleus(logits[r].tolist(), top_p)
         assume(all(abs(m - top_p) > 1e-5 for m in prefix))  # away from float rounding at the boundary
-        assert kept_set(probs[r], top_p) == kept
+        if top_k is not None:  # Dream's order: the k most probable of the nucleus
+            kept = set(sorted(kept, key=lambda i: -logits[r, i].item())[:top_k])
+        assert kept_set(probs[r], top_p, top_k) == kept
         for i in range(v):
             assert out[r, i].item() == (probs[r, i].item() if i in kept else 0.0)
+
+
+@pytest.mark.parametrize("top_p", [1e-9, 1e-30])
+def test_filter_tiny_top_p_keeps_the_most_probable_token(top_p: float):
+    """(1 - top_p) * total rounds to the total: still the most probable token (and its ties) is kept."""
+    probs = torch.tensor([[0.1, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])
+    assert kept_set(probs[0], top_p) == {1}
+    assert kept_set(probs[1], top_p) == {0, 1}
 
 
 @settings(max_examples=30, deadline=None)
@@ -594,7 +605,7 @@ def test_filter_keeps_ties_together():
     assert kept_set(probs, 0.5) == {0, 1, 2}
     assert kept_set(probs, None, top_k=2) == {0, 1, 2}
     assert kept_set(probs, 0.85) == {0, 1, 2, 3, 4}  # the 0.1 tie straddles 0.85: both kept
-    assert kept_set(probs, 0.4) == {0}  # the most probable token alone reaches 0.4
+    assert kept_set(probs, 0.39) == {0}  # the most probable token alone reaches 0.39
 
 
 @FAST

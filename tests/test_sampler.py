@@ -44,6 +44,7 @@ from sampler import (
     llada_denoiser,
     masked_positions,
     reward_guidance,
+    token_probs,
     unmask_schedule,
 )
 
@@ -417,6 +418,29 @@ def test_guidance_zero_steps_is_unguided(alg, source):
     # The guidance pushes toward tokens of high linear score: the mean score goes up.
     score = lambda out: score_embeds(embed_matrix[out.reshape(-1, 8)], None).mean()
     assert score(guided3) > score(unguided)
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.8, None), (0.9, 5)])
+def test_guidance_first_draw_is_the_unguided_token_probs(top_p, top_k):
+    """The hook receives token_probs(logits) (filtered at tau, not renormalised) and its first draw from them
+    is what guide would draw itself: generate matches, bitwise, a hook that lets guide filter the logits anew."""
+    embed_matrix, score_embeds = linear_reward()
+    cfg = config(alg="entropy", max_new_tokens=8, T=4, temperature=0.7, top_p=top_p, top_k=top_k,
+                 method="entrgi", M=2, eta=1.0)
+    received = []
+    shared = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(3))
+
+    def recording(logits, probs, masked, positions, response):
+        received.append((logits.clone(), probs.clone()))
+        return shared(logits, probs, masked, positions, response)
+
+    out_shared, _ = run(ToyDenoiser(0), cfg, seed=7, guidance=recording)
+    fresh = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(3))
+    out_fresh, _ = run(ToyDenoiser(0), cfg, seed=7, guidance=lambda lg, _probs, *rest: fresh(lg, None, *rest))
+    assert torch.equal(out_shared, out_fresh)
+    for logits, probs in received:
+        assert torch.equal(probs, token_probs(logits, 0.7, top_p, top_k))
+        assert torch.all(probs.sum(-1) < 1)  # filtered, not renormalised (the toy's logits are never one-hot)
 
 
 def test_guidance_zero_steps_shared_generator():
