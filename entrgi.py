@@ -167,8 +167,8 @@ def guide(
         tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
     `first_probs` (B, L, V), if given, is the first step's draw distribution
-    filter(softmax(logits / tau)) as filter_probs returns it, already computed by the caller: the first step
-    draws from it instead of filtering the same logits again.
+    filter(softmax(logits / tau)) as filter_probs returns it, already computed by the caller:
+    the first step draws from it instead of filtering the same logits again.
     The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
     `masked` is False carry no gradient and come back unchanged, as do all logits when
     steps = 0 (the generator is then not touched and the input itself is returned).
