@@ -12,7 +12,7 @@ matrix E (rows in the denoiser's vocabulary) and nudged by gradient ascent on R:
     H(q)    = -sum_i q_i log q_i                            entropy in nats, 0 <= H <= log V
     w       = H(q) / log V                                  entropy weight in [0, 1], no gradient
     soft    = softmax(phi / tau) @ E                        continuous relaxation  (e~)
-    x       ~ Categorical(softmax(filter(phi / tau)))       top-p / top-k filtered draw
+    x       ~ Categorical(filter(softmax(phi / tau)))       top-p / top-k kept, renormalised
     hard    = E[x]                                          real token embedding   (e-)
     e_hat   = soft + sg(w * (hard - soft))                  EntRGi input            (e^)
 
@@ -162,7 +162,7 @@ def guide(
 
     SPEC §2, guidance. logits (B, L, V), masked (B, L) bool, tokens (B, L) long,
     embed_matrix (V, d). At every step, with phi the current logits:
-        x      ~ softmax(filter(phi / tau))                     re-drawn each step
+        x      ~ filter(softmax(phi / tau)), renormalised       re-drawn each step
         embeds = where(masked, reward_inputs(phi, E, x, method, tau), E[tokens])
         tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi

@@ -6,9 +6,9 @@ masks are replaced by sampled tokens, and a token once placed never changes:
     timesteps = linspace(1, eps, T + 1)          t = timesteps[i], s = timesteps[i + 1]
     n_fill(i) = floor(n_masked * (1 - s / t))    for i < T - 1;  n_fill(T - 1) = n_masked
     phi       = denoiser logits at the masked positions          (guided by the hook, if any)
-    x         ~ softmax(filter(phi / tau))        filter = top-p / top-k;  tau = 0 is argmax
+    x         ~ filter(softmax(phi / tau))        filter = top-p / top-k, renormalised;  tau = 0 is argmax
     c         = confidence of each draw           maskgit_plus: q(x);  topk_margin: q_(1) - q_(2);
-                                                  entropy: -H(q)  (q = softmax(filter(phi / tau)))
+                                                  entropy: -H(q)  (q = filter(softmax(phi / tau)), renormalised)
     fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last).
 
 `origin` instead fills each mask independently with probability 1 - s/t (all at the

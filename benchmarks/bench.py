@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
+        if args.repeat < 1 or args.warmup < 0:
+            raise run.UsageError(f"--repeat must be >= 1 and --warmup >= 0, got {args.repeat} and {args.warmup}")
         device = run.resolve_device(args.device)
         if args.shape == "dream-7b" and device.type != "cuda":
             raise run.UsageError("--shape dream-7b needs a CUDA GPU (it builds 9 B parameters in bfloat16)")

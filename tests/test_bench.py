@@ -34,9 +34,11 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     assert all(name in printed for name in PARTS + ("overhead_ratio", "peak_mem_bytes"))
 
 
-@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "dream-7b", "--device", "cpu"]])
-def test_bench_without_gpu_is_a_one_line_error(argv, capsys):
-    """CUDA asked for where there is none, or dream-7b shapes on the CPU: exit status 2, one line on stderr."""
+@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "dream-7b", "--device", "cpu"],
+                                  ["--repeat", "0"], ["--warmup", "-1"]])
+def test_bench_bad_input_is_a_one_line_error(argv, capsys):
+    """CUDA asked for where there is none, dream-7b shapes on the CPU, no timed round or a negative
+    warm-up: exit status 2, one line on stderr."""
     if argv[-1] == "cuda" and torch.cuda.is_available():
         pytest.skip("checks the error without a GPU")
     with pytest.raises(SystemExit) as exit_info:
