@@ -9,7 +9,7 @@ import run
 
 SEEDS = range(4)
 SETTINGS = ["--prompt", "Write a short poem about the sea.", "--dllm", "tiny", "--reward-model", "tiny",
-            "--T", "8", "--max-new-tokens", "16", "--K", "8", "--eta", "2", "--no-progress"]
+            "--T", "8", "--max-new-tokens", "16", "--K", "8", "--eta", "2", "--no-progress", "--device", "cpu"]
 
 
 def mean_reward(method: str, seed: int) -> float:

@@ -54,7 +54,7 @@ METHODS = ("entrgi", "aps", "expectation", "bon")
 PROMPT = "Write a short poem about the sea."
 K, T, L = 3, 8, 8
 TINY = ["--dllm", "tiny", "--reward-model", "tiny", "--T", str(T), "--max-new-tokens", str(L), "--K", str(K),
-        "--no-progress"]
+        "--no-progress", "--device", "cpu"]  # the CPU on every machine: the records below are float32 CPU ones
 
 
 @pytest.fixture(autouse=True)
