@@ -31,6 +31,8 @@ import platform
 import statistics
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -103,11 +105,47 @@ def timed(parts: dict, warmup: int, repeat: int, device: torch.device) -> dict[s
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def peak_memory(device: torch.device) -> int:
+def peak_memory(fn, device: torch.device) -> int:
+    """Peak bytes while fn runs: GPU memory allocated (models included), or on CPU the process's peak resident set."""
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: peak resident set of the process
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def host_syncs(fn, device: torch.device) -> list[str] | None:
+    """Where fn makes the host wait for the GPU: one "op site <- nearest frame in this repo" per sync.
+
+    torch.cuda.set_sync_debug_mode("warn") turns every synchronising CUDA call into a warning,
+    caught here with the Python stack it was raised from. None on CPU (no device to wait for).
+    """
+    if device.type != "cuda":
+        return None
+    repo = str(Path(__file__).resolve().parent.parent)
+    sites = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return  # another warning, not a sync
+        ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(repo)]
+        where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "?"
+        sites.append(f"{Path(filename).name}:{lineno} <- {where}")
+
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sites
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -142,15 +180,6 @@ def main(argv: list[str] | None = None) -> dict:
                                      pad_id=tokenizer.pad_token_id)
     denoise = sampler.dream_denoiser(dllm)
 
-    N = K
-    ids = torch.cat([prompt.repeat(N, 1), torch.full((N, L), mask_id, device=device)], 1)  # (N, S)
-    keep = torch.ones_like(ids, dtype=torch.bool)  # (N, S)
-    positions = torch.arange(L, device=device).repeat(N, 1)  # (N, L)
-    response = ids[:, PROMPT_TOKENS:]  # (N, L)
-    masked = torch.ones(N, L, dtype=torch.bool, device=device)  # (N, L)
-    with torch.no_grad():
-        logits = denoise(ids, keep, positions + PROMPT_TOKENS).float()  # (N, L, V)
-
     def fresh_generator():
         return torch.Generator(device=device).manual_seed(0)
 
@@ -159,6 +188,20 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             sampler.generate(denoise, prompt, prompt_keep, config, mask_id=mask_id, eos_id=tokenizer.eos_token_id,
                              guidance=hook, generator=fresh_generator())
+
+    # One step with only the models, the bridged embeddings and the reward prefix resident (as in
+    # run.py), before this script holds tensors of its own; it also warms up.
+    peak_mem_bytes = peak_memory(step, device)
+    syncs = host_syncs(step, device)
+
+    N = K
+    ids = torch.cat([prompt.repeat(N, 1), torch.full((N, L), mask_id, device=device)], 1)  # (N, S)
+    keep = torch.ones_like(ids, dtype=torch.bool)  # (N, S)
+    positions = torch.arange(L, device=device).repeat(N, 1)  # (N, L)
+    response = ids[:, PROMPT_TOKENS:]  # (N, L)
+    masked = torch.ones(N, L, dtype=torch.bool, device=device)  # (N, L)
+    with torch.no_grad():
+        logits = denoise(ids, keep, positions + PROMPT_TOKENS).float()  # (N, L, V)
 
     def denoiser():
         with torch.no_grad():
@@ -182,13 +225,12 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.enable_grad():
             scorer(leaf, tokens).sum().backward()
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     parts = {"step_s": step, "denoiser_s": denoiser, "guidance_s": guidance, "sample_s": sample,
              "reward_fwd_bwd_s": reward_fwd_bwd}
     figures = timed(parts, args.warmup, args.repeat, device)
     figures["overhead_ratio"] = figures["step_s"] / (figures["denoiser_s"] + config.M * figures["reward_fwd_bwd_s"])
-    figures["peak_mem_bytes"] = peak_memory(device)
+    figures["peak_mem_bytes"] = peak_mem_bytes
+    figures["host_syncs"] = syncs
     figures["machine"] = {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(), "device": str(device),
@@ -202,6 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<18} {figures[name] * 1e3:10.2f} ms")
     print(f"{'overhead_ratio':<18} {figures['overhead_ratio']:10.3f}")
     print(f"{'peak_mem_bytes':<18} {figures['peak_mem_bytes'] / 2**30:10.2f} GiB")
+    if syncs is not None:
+        print(f"{'host_syncs':<18} {len(syncs):10d}  (in one guided step)")
+        for site in sorted(set(syncs)):
+            print(f"    {syncs.count(site):3d} x {site}")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return figures
