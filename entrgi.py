@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 METHODS = ("entrgi", "aps", "expectation")
 
@@ -62,13 +63,30 @@ def entropy_weight(logits: Tensor) -> Tensor:
     return weight.clamp(0.0, 1.0)  # rounding can leave H a hair outside [0, log V]
 
 
+def soft_embedding(logits: Tensor, embed_matrix: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The continuous relaxation soft = softmax(logits / tau) @ E, and q_tau = softmax(logits / tau).
+
+    logits (..., V), embed_matrix (V, d) -> soft (..., d) in embed_matrix's dtype, differentiable
+    in logits; q_tau (..., V) float32, detached (guide draws its hard tokens from it).
+    Activation-checkpointed: autograd keeps only the logits for the backward and recomputes
+    q_tau there, so no (..., V) tensor waits through the reward model's forward and backward.
+    """
+
+    def relax(logits: Tensor) -> tuple[Tensor, Tensor]:
+        q_tau = torch.softmax(logits.float() / temperature, dim=-1)  # (..., V)
+        return q_tau.to(embed_matrix.dtype) @ embed_matrix, q_tau  # (..., d), (..., V)
+
+    soft, q_tau = checkpoint(relax, logits, use_reentrant=False, preserve_rng_state=False)
+    return soft, q_tau.detach()
+
+
 def reward_inputs(
     logits: Tensor,
     embed_matrix: Tensor,
     hard_tokens: Tensor,
     method: str,
     temperature: float = 1.0,
-    q_tau: Tensor | None = None,
+    soft: Tensor | None = None,
 ) -> Tensor:
     """The reward model's input embeddings at the guided positions.
 
@@ -77,14 +95,13 @@ def reward_inputs(
         e_hat = soft + sg(w * (hard - soft))        w = entropy_weight(logits) | 1 | 0
 
     for method "entrgi" | "aps" | "expectation". logits (..., V), embed_matrix (V, d),
-    hard_tokens (...) long. `q_tau` (..., V), if given, is softmax(logits / tau) already
-    computed by the caller (and differentiable in logits). Returns (..., d) in embed_matrix's dtype.
+    hard_tokens (...) long. `soft` (..., d), if given, is soft_embedding(logits, E, tau)[0]
+    already computed by the caller. Returns (..., d) in embed_matrix's dtype.
     """
     if method not in METHODS:
         raise ValueError(f"unknown guidance method {method!r}; expected one of {METHODS}")
-    if q_tau is None:
-        q_tau = torch.softmax(logits.float() / temperature, dim=-1)  # (..., V)
-    soft = q_tau.to(embed_matrix.dtype) @ embed_matrix  # (..., d)
+    if soft is None:
+        soft, _ = soft_embedding(logits, embed_matrix, temperature)  # (..., d)
     if method == "expectation":
         return soft
     hard = embed_matrix[hard_tokens]  # (..., d)
@@ -180,27 +197,28 @@ def guide(
         raise ValueError(f"guidance needs a temperature > 0, got {temperature}")
     if steps == 0:
         return logits
-    phi = logits.detach().float().clone().requires_grad_(True)  # (B, L, V)
+    phi = logits.detach().to(torch.float32, copy=True).requires_grad_(True)  # (B, L, V)
     optimizer = torch.optim.Adam([phi], lr=lr, fused=True)  # one kernel per step, on CPU and CUDA
     embed_matrix = embed_matrix.detach()  # guidance moves phi only
     fixed_embeds = embed_matrix[tokens]  # (B, L, d) real tokens at unmasked positions
     is_masked = masked.unsqueeze(-1)  # (B, L, 1)
     with torch.enable_grad():
         for step in range(steps):
-            q_tau = torch.softmax(phi / temperature, dim=-1)  # (B, L, V) the relaxation's, and the draw's
+            soft, q_tau = soft_embedding(phi, embed_matrix, temperature)  # (B, L, d), (B, L, V) the draw's q_tau
             with torch.no_grad():
                 if method == "expectation":
                     hard_tokens = tokens  # unused by the relaxation: no draw needed
                 else:
                     q_filtered = first_probs if step == 0 and first_probs is not None else filter_probs(
-                        q_tau.detach(), top_p, top_k)  # (B, L, V)
+                        q_tau, top_p, top_k)  # (B, L, V)
                     hard_tokens = sample_categorical(q_filtered, generator)  # (B, L)
-                    del q_filtered  # free (B, L, V) before the reward pass
+                    del q_filtered
+                del q_tau  # free (B, L, V) before the reward pass
                 guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)
-            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, q_tau)  # (B, L, d)
+            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, soft)  # (B, L, d)
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
             loss = -reward_fn(embeds, guided_tokens).sum()
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # d loss / d phi only: R's weights get no .grad
-            del q_tau  # free (B, L, V) before the next step's softmax
             optimizer.step()
+            phi.grad = None  # free (B, L, V) before the next step's reward pass
     return phi.detach()

@@ -208,7 +208,7 @@ def generate(
         masked = response == mask_id  # (N, L)
         positions = all_positions if origin else masked_positions(masked, schedule[i][0])  # (N, n)
         block_masked = masked.gather(1, positions)  # (N, n)
-        logits = denoise(ids, keep, positions + P).float()  # (N, n, V)
+        logits = denoise(ids, keep, positions + P)  # (N, n, V) in the denoiser's dtype: consumers upcast
         probs = token_probs(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) unguided q
         guided_probs = probs  # (N, n, V)
         if guidance is not None:

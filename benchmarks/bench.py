@@ -201,11 +201,11 @@ def main(argv: list[str] | None = None) -> dict:
     response = ids[:, PROMPT_TOKENS:]  # (N, L)
     masked = torch.ones(N, L, dtype=torch.bool, device=device)  # (N, L)
     with torch.no_grad():
-        logits = denoise(ids, keep, positions + PROMPT_TOKENS).float()  # (N, L, V)
+        logits = denoise(ids, keep, positions + PROMPT_TOKENS)  # (N, L, V)
 
     def denoiser():
         with torch.no_grad():
-            denoise(ids, keep, positions + PROMPT_TOKENS).float()
+            denoise(ids, keep, positions + PROMPT_TOKENS)
 
     def guidance():
         sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())(logits, probs, masked, positions, response)

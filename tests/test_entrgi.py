@@ -41,6 +41,7 @@ from entrgi import (
     guide,
     reward_inputs,
     sample_categorical,
+    soft_embedding,
 )
 
 # --------------------------------------------------------------------------- shared helpers
@@ -233,17 +234,39 @@ def test_reward_inputs_gradient_is_soft_path(p: Problem, method: str):
 
 @FAST
 @given(p=problems(), method=methods)
-def test_reward_inputs_with_callers_q_tau_is_the_same(p: Problem, method: str):
-    """Passing q_tau = softmax(logits / tau), as guide does, changes neither the value nor the gradient (bitwise)."""
+def test_reward_inputs_with_callers_soft_is_the_same(p: Problem, method: str):
+    """Passing soft = soft_embedding(logits, E, tau)[0], as guide does, changes neither the value nor the gradient (bitwise)."""
     values, grads = [], []
     for shared in (False, True):
         logits = p.logits.clone().requires_grad_(True)
-        q_tau = torch.softmax(logits / p.temperature, -1) if shared else None
-        e_hat = reward_inputs(logits, p.embed, p.hard, method, p.temperature, q_tau)
+        soft = soft_embedding(logits, p.embed, p.temperature)[0] if shared else None
+        e_hat = reward_inputs(logits, p.embed, p.hard, method, p.temperature, soft)
         (p.coef * e_hat**2).sum().backward()
         values.append(e_hat.detach())
         grads.append(logits.grad)
     assert torch.equal(values[0], values[1]) and torch.equal(grads[0], grads[1])
+
+
+@FAST
+@given(p=problems())
+def test_soft_embedding_is_the_plain_relaxation_keeping_only_logits(p: Problem):
+    """soft and q_tau equal softmax(logits / tau) @ E and softmax(logits / tau), the gradient equals plain
+    autograd's (bitwise: the checkpoint recomputes the same ops), q_tau carries no gradient, and the only
+    tensor autograd keeps for the backward is the logits themselves."""
+    logits = p.logits.clone().requires_grad_(True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        soft, q_tau = soft_embedding(logits, p.embed, p.temperature)
+    assert kept and all(t.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr() for t in kept)
+    assert not q_tau.requires_grad
+    (p.coef * soft**2).sum().backward()
+
+    plain = p.logits.clone().requires_grad_(True)
+    plain_q = torch.softmax(plain / p.temperature, -1)
+    plain_soft = plain_q @ p.embed
+    (p.coef * plain_soft**2).sum().backward()
+    assert torch.equal(q_tau, plain_q.detach()) and torch.equal(soft.detach(), plain_soft.detach())
+    assert torch.equal(logits.grad, plain.grad)
 
 
 @FAST
