@@ -26,6 +26,7 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     expected = figures["step_s"] / (figures["denoiser_s"] + M * figures["reward_fwd_bwd_s"])
     assert figures["overhead_ratio"] == pytest.approx(expected)
     assert figures["peak_mem_bytes"] > 0
+    assert figures["host_syncs"] is None  # counted on CUDA only: on the CPU there is no device to wait for
     assert figures["machine"]["torch"] == torch.__version__
     assert {k: figures["shapes"][k] for k in ("K", "L", "prompt_tokens", "M")} == {
         "K": 4, "L": 128, "prompt_tokens": 64, "M": 3}

@@ -443,6 +443,22 @@ def test_guidance_first_draw_is_the_unguided_token_probs(top_p, top_k):
         assert torch.all(probs.sum(-1) < 1)  # filtered, not renormalised (the toy's logits are never one-hot)
 
 
+@pytest.mark.parametrize("method,alg", [("bon", "entropy"), ("entrgi", "entropy"), ("aps", "maskgit_plus")])
+def test_bfloat16_logits_are_upcast_where_used(method, alg):
+    """generate keeps the denoiser's logits in its dtype; every consumer upcasts, so a bfloat16 denoiser
+    gives, bitwise, what the float32 copy of the same logits gives (guided or not)."""
+    embed_matrix, score_embeds = linear_reward()
+    cfg = config(method=method, M=0 if method == "bon" else 2, alg=alg, max_new_tokens=8, T=4, eta=1.0)
+    toy = ToyDenoiser(0)
+    half = lambda *a: toy(*a).to(torch.bfloat16)  # noqa: E731
+    outs = []
+    for denoise in (half, lambda *a: half(*a).float()):
+        hook = None if method == "bon" else reward_guidance(score_embeds, embed_matrix, cfg,
+                                                            generator=torch.Generator().manual_seed(3))
+        outs.append(run(denoise, cfg, seed=7, guidance=hook)[0])
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_guidance_zero_steps_shared_generator():
     """M = 0 with the hook sharing generate's generator still reproduces the unguided output exactly."""
     embed_matrix, score_embeds = linear_reward()
