@@ -50,7 +50,7 @@ def entropy(logits: Tensor) -> Tensor:
     filtered-out tokens stay finite. (..., V) -> (...).
     """
     q = torch.softmax(logits.float(), dim=-1)  # (..., V)
-    return torch.special.entr(q).sum(-1)  # (...) entr(q) = -q log q, entr(0) = 0
+    return -torch.xlogy(q, q).sum(-1)  # (...) xlogy(q, q) = q log q, and 0 where q = 0
 
 
 def entropy_weight(logits: Tensor) -> Tensor:

@@ -151,7 +151,7 @@ def confidence(probs: Tensor, tokens: Tensor, alg: str) -> Tensor:
         top2 = probs.topk(2, dim=-1).values  # (..., 2)
         return top2[..., 0] - top2[..., 1]
     if alg == "entropy":
-        return -torch.special.entr(probs).sum(-1)  # -H(q); entr(q) = -q log q, entr(0) = 0
+        return torch.xlogy(probs, probs).sum(-1)  # -H(q); xlogy(q, q) = q log q, and 0 where q = 0
     raise ValueError(f"no confidence for alg {alg!r}")
 
 
