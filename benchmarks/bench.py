@@ -122,7 +122,8 @@ def host_syncs(fn, device: torch.device) -> list[str] | None:
     """Where fn makes the host wait for the GPU: one "op site <- nearest frame in this repo" per sync.
 
     torch.cuda.set_sync_debug_mode("warn") turns every synchronising CUDA call into a warning,
-    caught here with the Python stack it was raised from. None on CPU (no device to wait for).
+    caught here with the Python stack it was raised from. A known sync (`.item()`) is caught
+    first, as a control: None if it is missed (the count would mean nothing), and on CPU.
     """
     if device.type != "cuda":
         return None
@@ -136,16 +137,22 @@ def host_syncs(fn, device: torch.device) -> list[str] | None:
         where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "?"
         sites.append(f"{Path(filename).name}:{lineno} <- {where}")
 
-    torch.cuda.synchronize(device)
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = record
-            fn()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return sites
+    def caught(work) -> list[str]:
+        sites.clear()
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = record
+                work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return list(sites)
+
+    if not caught(lambda: torch.zeros((), device=device).item()):
+        return None
+    return caught(fn)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -244,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<18} {figures[name] * 1e3:10.2f} ms")
     print(f"{'overhead_ratio':<18} {figures['overhead_ratio']:10.3f}")
     print(f"{'peak_mem_bytes':<18} {figures['peak_mem_bytes'] / 2**30:10.2f} GiB")
+    if device.type == "cuda" and syncs is None:
+        print(f"{'host_syncs':<18} {'unknown':>10}  (sync debug mode missed a known sync)")
     if syncs is not None:
         print(f"{'host_syncs':<18} {len(syncs):10d}  (in one guided step)")
         for site in sorted(set(syncs)):
