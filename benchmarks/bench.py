@@ -16,6 +16,9 @@ once, in turn), at the first denoising step (all L positions masked: the largest
     guidance_s       the hook: M x (relaxation + reward forward/backward + Adam)
     sample_s         sampling, confidence and unmasking from given logits
     reward_fwd_bwd_s one reward forward + backward to the input embeddings, alone
+Also, from one untimed step run first, with only the models resident (as in run.py):
+    peak_mem_bytes   peak GPU memory allocated, models included (CPU: the process's peak resident set)
+    host_syncs       CUDA only: each place the step made the host wait for the GPU (want: none)
 
 `dream-7b` builds randomly initialised models with the exact Dream-v0-Instruct-7B and
 Skywork-Reward-V2-Qwen3-1.7B configurations directly on the GPU in bfloat16 (nothing is
