@@ -16,7 +16,7 @@ once, in turn), at the first denoising step (all L positions masked: the largest
     guidance_s       the hook: M x (relaxation + reward forward/backward + Adam)
     sample_s         sampling, confidence and unmasking from given logits
     reward_fwd_bwd_s one reward forward + backward to the input embeddings, alone
-Also, from one untimed step run first, with only the models resident (as in run.py):
+Also, from untimed steps run first, with only the models resident (as in run.py):
     peak_mem_bytes   peak GPU memory allocated, models included (CPU: the process's peak resident set)
     host_syncs       CUDA only: each place the step made the host wait for the GPU (want: none)
 
