@@ -248,6 +248,23 @@ def test_reward_inputs_with_callers_soft_is_the_same(p: Problem, method: str):
 
 
 @FAST
+@given(p=problems(), method=methods)
+def test_reward_inputs_uses_the_callers_soft(p: Problem, method: str):
+    """The soft it is given is the one it uses: value (1 - w) soft + w hard and the gradient through that soft,
+    here a relaxation of 2 * logits, which reward_inputs would not compute itself."""
+    logits = p.logits.clone().requires_grad_(True)
+    soft = soft_embedding(2 * logits, p.embed, p.temperature)[0]
+    e_hat = reward_inputs(logits, p.embed, p.hard, method, p.temperature, soft)
+    (p.coef * e_hat**2).sum().backward()
+    w = ref_method_weight(method, p.logits).unsqueeze(-1)
+    soft_2 = ref_soft(2 * p.logits, p.embed, p.temperature)
+    e_ref = (1 - w) * soft_2 + w * p.embed.double()[p.hard]
+    torch.testing.assert_close(e_hat.detach().double(), e_ref, atol=5e-5, rtol=1e-5)
+    expected = 2 * ref_soft_vjp(2 * p.logits, p.embed, p.temperature, 2 * p.coef.double() * e_ref)
+    torch.testing.assert_close(logits.grad.double(), expected, atol=5e-5, rtol=1e-4)
+
+
+@FAST
 @given(p=problems())
 def test_soft_embedding_is_the_plain_relaxation_keeping_only_logits(p: Problem):
     """soft and q_tau equal softmax(logits / tau) @ E and softmax(logits / tau), the gradient equals plain

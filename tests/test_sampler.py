@@ -446,17 +446,27 @@ def test_guidance_first_draw_is_the_unguided_token_probs(top_p, top_k):
 @pytest.mark.parametrize("method,alg", [("bon", "entropy"), ("entrgi", "entropy"), ("aps", "maskgit_plus")])
 def test_bfloat16_logits_are_upcast_where_used(method, alg):
     """generate keeps the denoiser's logits in its dtype; every consumer upcasts, so a bfloat16 denoiser
-    gives, bitwise, what the float32 copy of the same logits gives (guided or not)."""
+    gives, bitwise, what the float32 copy of the same logits gives: the same guided logits (float32,
+    as guide promises) at every step, and the same tokens."""
     embed_matrix, score_embeds = linear_reward()
     cfg = config(method=method, M=0 if method == "bon" else 2, alg=alg, max_new_tokens=8, T=4, eta=1.0)
     toy = ToyDenoiser(0)
     half = lambda *a: toy(*a).to(torch.bfloat16)  # noqa: E731
-    outs = []
+    outs, guided = [], []
     for denoise in (half, lambda *a: half(*a).float()):
-        hook = None if method == "bon" else reward_guidance(score_embeds, embed_matrix, cfg,
-                                                            generator=torch.Generator().manual_seed(3))
-        outs.append(run(denoise, cfg, seed=7, guidance=hook)[0])
+        inner = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(3))
+        returned = []
+
+        def recording(*args):
+            returned.append(inner(*args))
+            return returned[-1]
+
+        outs.append(run(denoise, cfg, seed=7, guidance=None if method == "bon" else recording)[0])
+        guided.append(returned)
     assert torch.equal(outs[0], outs[1])
+    assert len(guided[0]) == len(guided[1]) == (0 if method == "bon" else cfg.T)
+    for from_half, from_float in zip(*guided):
+        assert from_half.dtype == torch.float32 and torch.equal(from_half, from_float)
 
 
 def test_guidance_zero_steps_shared_generator():
