@@ -136,7 +136,8 @@ def host_syncs(fn, device: torch.device) -> list[str] | None:
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" not in str(message):
             return  # another warning, not a sync
-        ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(repo)]
+        ours = [f for f in traceback.extract_stack()[:-1]
+                if f.filename.startswith(repo) and "site-packages" not in f.filename]  # a venv may live in the repo
         where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "?"
         sites.append(f"{Path(filename).name}:{lineno} <- {where}")
 
