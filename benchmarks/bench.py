@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import sys
@@ -173,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         device = run.resolve_device(args.device)
         if args.shape == "dream-7b" and device.type != "cuda":
             raise run.UsageError("--shape dream-7b needs a CUDA GPU (it builds 9 B parameters in bfloat16)")
+        if args.json is not None and args.json.is_dir():
+            raise run.UsageError(f"--json {args.json} is a directory")
     except run.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         for site in sorted(set(syncs)):
             print(f"    {syncs.count(site):3d} x {site}")
     if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2))
+        run.write_json_atomically(args.json, figures)
     return figures
 
 

@@ -46,3 +46,13 @@ def test_bench_bad_input_is_a_one_line_error(argv, capsys):
         bench.main(argv)
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bench_json_directory_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    """--json naming a directory: exit status 2 and one line on stderr, before any model is built."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cpu", "--json", str(tmp_path)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and "directory" in captured.err
+    assert captured.out == ""  # no figures: nothing was timed
