@@ -2,8 +2,10 @@
 
 What this module proves, each against an independent float64 / plain-Python reference:
   * `reward_inputs` has forward value (1 - w) * soft + w * hard with w = H(softmax(phi)) / log V
-    (entrgi), 1 (aps) or 0 (expectation), and for every method the gradient of the soft path
-    (also when the caller hands it softmax(phi / tau));
+    (entrgi), 1 (aps) or 0 (expectation), and for every method the gradient of the soft path;
+    a `soft` handed in by the caller is the one it uses, and passing soft_embedding's changes nothing.
+  * `soft_embedding` equals the plain relaxation softmax(phi / tau) @ E bitwise, value and
+    gradient, and autograd keeps only the logits for its backward (the checkpoint);
     with a reward linear in the embeddings the three methods give bitwise identical gradients
     and identical `guide` results.
   * `entropy` / `entropy_weight` are exact at one-hot and uniform logits, bounded by [0, log V]
@@ -12,7 +14,7 @@ What this module proves, each against an independent float64 / plain-Python refe
     dR/dphi and leaves unmasked positions bit-identical, steps = 0 is a no-op that does not touch
     the generator, argument validation, vectorised calls with (B, L, d) / (B, L) inputs and
     argmax tokens at masked positions, rows independent of each other; its hard tokens are fresh
-    draws from softmax(filter(phi / tau)) at every step (5-sigma frequencies, support, reproducible),
+    draws from filter(softmax(phi / tau)) at every step (5-sigma frequencies, support, reproducible),
     the first of them from the caller's `first_probs` when given.
   * `filter_probs` keeps the brute-force top-p nucleus / exactly the top k (top-p first, as
     Dream), ties together, kept probabilities unchanged and the rest 0, any scale; no-op settings.

@@ -17,6 +17,8 @@ current sequence (so the unmasking order matters) and on a tiny random Qwen2:
   (and is not vacuous: without it the toy places EOS earlier);
 * randomness: the same generator seed gives the same output, a different one a different
   output; `reward_guidance` with M = 0 reproduces the unguided output exactly, M > 0 not;
+* the hook receives the unguided token_probs and its first draw shares them bitwise; a
+  bfloat16 denoiser gives bitwise the float32 results of its upcast logits;
 * helpers: `masked_positions`, `confidence` against direct formulas;
 * adapters: `dream_denoiser` equals Qwen2ForCausalLM under an all-True 4-D mask read at
   j - 1 (shift), is bidirectional and padding-invariant; `llada_denoiser` is unshifted;
