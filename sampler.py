@@ -5,11 +5,16 @@ masks are replaced by sampled tokens, and a token once placed never changes:
 
     timesteps = linspace(1, eps, T + 1)          t = timesteps[i], s = timesteps[i + 1]
     n_fill(i) = floor(n_masked * (1 - s / t))    for i < T - 1;  n_fill(T - 1) = n_masked
-    phi       = denoiser logits at the masked positions          (guided by the hook, if any)
+    phi       = denoiser logits at the masked positions, mask token at -inf   (guided by the hook, if any)
     x         ~ filter(softmax(phi / tau))        filter = top-p / top-k, renormalised;  tau = 0 is argmax
     c         = confidence of each draw           maskgit_plus: q(x);  topk_margin: q_(1) - q_(2);
                                                   entropy: -H(q)  (q = filter(softmax(phi / tau)), renormalised)
     fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last).
+
+The mask token itself is never drawn: its logit is set to -inf (MDLM's zero masking
+probability). A drawn mask would leave its position masked, so the row would fall out of
+step with the schedule and could end with a mask in the response; a trained denoiser gives
+it next to no mass, but the tiny random ones do not.
 
 `origin` instead fills each mask independently with probability 1 - s/t (all at the
 last step). Because every row starts with L masks and, except for `origin`, fills the
@@ -47,7 +52,8 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 Guidance = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 """guidance(logits (N, n, V), probs (N, n, V), masked (N, n) bool, positions (N, n), response (N, L)) -> (N, n, V).
 
-probs = token_probs(logits): the unguided sampling distribution, which the sampler has computed anyway."""
+logits: the denoiser's, the mask token's at -inf. probs = token_probs(logits): the unguided
+sampling distribution, which the sampler has computed anyway."""
 
 
 def _option(default, help: str, source: str, **extra):
@@ -202,6 +208,7 @@ def generate(
     schedule = None if origin else unmask_schedule(L, T, config.eps)
     timesteps = torch.linspace(1, config.eps, T + 1)  # (T + 1,) host
     all_positions = repeat(torch.arange(L, device=device), "l -> n l", n=ids.shape[0])  # (N, L)
+    never_drawn = torch.tensor([mask_id], device=device)  # (1,) vocabulary index of the mask token
 
     for i in range(T):
         response = ids[:, P:]  # (N, L)
@@ -209,6 +216,7 @@ def generate(
         positions = all_positions if origin else masked_positions(masked, schedule[i][0])  # (N, n)
         block_masked = masked.gather(1, positions)  # (N, n)
         logits = denoise(ids, keep, positions + P)  # (N, n, V) in the denoiser's dtype: consumers upcast
+        logits = logits.index_fill(-1, never_drawn, -math.inf)  # (N, n, V) a copy: the denoiser's output is its own
         probs = token_probs(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) unguided q
         guided_probs = probs  # (N, n, V)
         if guidance is not None:

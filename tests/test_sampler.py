@@ -7,7 +7,8 @@ current sequence (so the unmasking order matters) and on a tiny random Qwen2:
   a token once unmasked never changes; every step asks the denoiser for exactly the
   masked positions, in increasing order; the number unmasked per step follows
   `unmask_schedule` for maskgit_plus / topk_margin / entropy; no mask is left after T
-  steps for every alg (origin included), for T = 1 and T > L;
+  steps for every alg (origin included), for T = 1 and T > L; the mask token is never
+  drawn, even where the denoiser's argmax is the mask (the toy gives it real mass);
 * `unmask_schedule` itself against an independent recomputation of
   floor(n_masked * (1 - s/t)) on linspace(1, eps, T + 1) in float32;
 * the choice of positions: greedy (temperature 0) draws are the argmax of the logits and
@@ -66,18 +67,19 @@ class ToyDenoiser:
     """Deterministic seeded denoiser: logits depend on the token, its position and a mix of the
     whole (non-pad) sequence, so what has been unmasked changes later logits.
 
-    The mask token is never predicted (logit -inf), like a trained denoiser. `eos_boost`
+    The mask token is a token like any other (unlike a trained denoiser, which gives it next
+    to no mass), plus `mask_boost` on its logit: generate must never draw it. `eos_boost`
     (MAX_LEN,) is added to the EOS logit at each absolute position. Every call is recorded.
     """
 
-    def __init__(self, seed: int = 0, dim: int = 8, eos_boost: torch.Tensor | None = None):
+    def __init__(self, seed: int = 0, dim: int = 8, eos_boost: torch.Tensor | None = None, mask_boost: float = 0.0):
         g = torch.Generator().manual_seed(seed)
         self.embed = torch.randn(V, dim, generator=g)  # (V, D)
         self.pos = torch.randn(MAX_LEN, dim, generator=g)  # (MAX_LEN, D)
         self.mix = torch.randn(dim, dim, generator=g) / math.sqrt(dim)  # (D, D)
         self.out = torch.randn(dim, V, generator=g)  # (D, V)
         self.bias = torch.randn(MAX_LEN, V, generator=g)  # (MAX_LEN, V)
-        self.bias[:, MASK_ID] = -math.inf
+        self.bias[:, MASK_ID] += mask_boost
         if eos_boost is not None:
             self.bias[:, EOS_ID] += eos_boost
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -96,6 +98,11 @@ class ToyDenoiser:
         self.calls.append((input_ids.clone(), keep.clone(), positions.clone()))
         logits = self.full(input_ids, keep)  # (N, S, V)
         return logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, V))  # (N, n, V)
+
+
+def drawable(logits: torch.Tensor) -> torch.Tensor:
+    """The logits generate draws from: the mask token's set to -inf. (..., V) -> (..., V)."""
+    return logits.masked_fill(torch.arange(logits.shape[-1]) == MASK_ID, -math.inf)
 
 
 def padded_prompts():
@@ -249,6 +256,33 @@ def test_no_mask_left_edge_cases(alg):
             assert len(steps) == 1
 
 
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_mask_token_never_drawn_even_when_most_likely(alg, temperature):
+    """A denoiser whose argmax is mostly the mask token: generate never draws it (the hook, too, gets its
+    logit at -inf and its probability 0), so no mask is left and rows follow the schedule (non-origin)."""
+    L, T = 6, 3
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature)
+    toy = ToyDenoiser(3, mask_boost=8.0)
+    P = initial_ids(cfg).shape[1] - L
+    assert (toy.full(initial_ids(cfg), initial_keep(cfg))[:, P:].argmax(-1) == MASK_ID).float().mean() > 0.5
+    received = []
+
+    def hook(logits, probs, masked, positions, response):
+        received.append((logits, probs))
+        return logits
+
+    out, steps = run(toy, cfg, seed=4, guidance=hook)
+    assert not (out == MASK_ID).any()
+    assert len(received) == T
+    for logits, probs in received:
+        assert (logits[..., MASK_ID] == -math.inf).all() and (probs[..., MASK_ID] == 0).all()
+    if alg != "origin":
+        remaining = [(initial_ids(cfg)[:, P:] == MASK_ID).sum(1)] + [(ids[:, P:] == MASK_ID).sum(1) for ids in steps]
+        for (n_masked, n_fill), before, after in zip(unmask_schedule(L, T), remaining, remaining[1:]):
+            assert (before == n_masked).all() and (before - after == n_fill).all()
+
+
 # --------------------------------------------------------------------------- unmask_schedule
 
 
@@ -295,7 +329,7 @@ def test_greedy_draws_are_argmax(alg):
     placed_any = 0
     for ids in steps:
         new = (prev == MASK_ID) & (ids != MASK_ID)  # (N, S)
-        argmax = toy.full(prev, keep).argmax(-1)  # (N, S)
+        argmax = drawable(toy.full(prev, keep)).argmax(-1)  # (N, S)
         assert torch.equal(ids[new], argmax[new])
         placed_any += int(new.sum())
         prev = ids
@@ -315,7 +349,7 @@ def test_greedy_steps_fill_most_confident(alg, top_p):
     keep = initial_keep(cfg)
     prev = initial_ids(cfg)
     for (n_masked, n_fill), ids in zip(unmask_schedule(L, T), steps):
-        logits = toy.full(prev, keep)[:, P:]  # (N, L, V)
+        logits = drawable(toy.full(prev, keep)[:, P:])  # (N, L, V)
         probs = filter_probs(torch.softmax(logits, -1), top_p)  # (N, L, V) filtered
         probs = probs / probs.sum(-1, keepdim=True)
         conf = direct_confidence(probs, probs.argmax(-1), alg)  # (N, L)
@@ -510,7 +544,7 @@ def test_confidence_source_unguided_vs_guided(alg, temperature):
         hook, calls = _bias_hook(token=3, scale=1.5)
         _, steps = run(toy, cfg, seed=1, guidance=hook, eos_id=None)
         P = steps[0].shape[1] - L
-        assert torch.equal(calls[0], toy.full(initial_ids(cfg), initial_keep(cfg))[:, P:])
+        assert torch.equal(calls[0], drawable(toy.full(initial_ids(cfg), initial_keep(cfg))[:, P:]))
         unguided_logits = calls[0]  # (N, L, V) step 0: every response position is masked
         guided_logits = unguided_logits.clone()
         guided_logits[..., 3] += 1.5 * torch.arange(L).float()
@@ -689,10 +723,6 @@ def test_generate_with_tiny_qwen2_dream(qwen):
     mask_id, eos_id = 63, 62
     base = dream_denoiser(qwen)
 
-    def denoise(ids, keep, positions):  # a trained Dream never predicts its mask token
-        logits = base(ids, keep, positions)
-        return logits.masked_fill(torch.arange(64) == mask_id, -math.inf)
-
     ids = torch.tensor([[0, 0, 11, 12], [21, 22, 23, 24]])
     keep = torch.tensor([[False, False, True, True], [True] * 4])
     g = torch.Generator().manual_seed(0)
@@ -706,7 +736,7 @@ def test_generate_with_tiny_qwen2_dream(qwen):
         steps = []
         hook = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            out = generate(denoise, ids, keep, cfg, mask_id=mask_id, eos_id=eos_id, guidance=hook,
+            out = generate(base, ids, keep, cfg, mask_id=mask_id, eos_id=eos_id, guidance=hook,
                            generator=torch.Generator().manual_seed(2), on_step=lambda i, x: steps.append(x.clone()))
         outs.append(out)
         records.append(steps)
