@@ -85,7 +85,10 @@ def chat_text(tokenizer, prompt: str, response: str) -> str:
 
 def chat_pieces(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
     """R's token ids before and after the assistant response: (prefix, suffix)."""
-    prefix, suffix = chat_text(tokenizer, prompt, _SENTINEL).split(_SENTINEL)
+    pieces = chat_text(tokenizer, prompt, _SENTINEL).split(_SENTINEL)
+    if len(pieces) != 2:
+        raise ValueError(f"R's chat template shows the assistant response {len(pieces) - 1} times, not once")
+    prefix, suffix = pieces
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     return encode(prefix), encode(suffix)
 

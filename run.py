@@ -144,15 +144,33 @@ def _read_config(name: str) -> dict:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
 
 
-def _load_tokenizer(name: str):
-    """The checkpoint's tokenizer without remote code (Dream's tokenizer class lives in its hub code)."""
+def _load_tokenizer(name: str, config=None):
+    """The checkpoint's tokenizer without remote code (Dream's tokenizer class lives in its hub code).
+
+    `config`, if given, spares transformers from reading config.json again (Dream's, with
+    its unknown model type, makes it print warnings).
+    """
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompt for / run hub code
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False, config=config)  # never run hub code
     except (OSError, ValueError):
         try:
             return PreTrainedTokenizerFast.from_pretrained(name)
         except (OSError, ValueError) as error:
             raise UsageError(f"cannot load the tokenizer of {name!r}: {_first_line(error)}") from None
+
+
+def prompt_text(tokenizer, prompt: str) -> str:
+    """The denoiser's chat template around a user turn, up to where the assistant's answer begins."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def _require_chat_template(whose: str, apply) -> None:
+    """Run `apply()` (a chat-template call); a tokenizer without a usable template is a usage error."""
+    try:
+        apply()
+    except ValueError as error:  # e.g. no chat template
+        raise UsageError(f"the {whose} tokenizer cannot apply a chat template: {_first_line(error)}") from None
 
 
 def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]:
@@ -162,9 +180,12 @@ def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]
         raise UsageError(f"unsupported denoiser {name!r}: model_type {raw.get('model_type')!r} "
                          "(expected Dream or qwen2)")
     dropped = {"model_type", "auto_map", "architectures", "transformers_version", "torch_dtype", "dtype"}
+    if raw.get("rope_scaling") is None:  # Dream's is null; transformers 5 warns on the deprecated key even then
+        dropped.add("rope_scaling")
     config = Qwen2Config(**{k: v for k, v in raw.items() if k not in dropped})
-    tokenizer = _load_tokenizer(name)
+    tokenizer = _load_tokenizer(name, config)
     mask_token_id(tokenizer, argparse.Namespace(config=config))  # no mask token: fail before loading the weights
+    _require_chat_template("denoiser's", lambda: prompt_text(tokenizer, "hi"))  # no chat template: likewise
     try:
         model = Qwen2ForCausalLM.from_pretrained(name, config=config, dtype=dtype)
     except (OSError, ValueError) as error:
@@ -176,12 +197,17 @@ def load_reward_model(name: str, dtype: torch.dtype):
     """A sequence-classifier reward model with one output, plus its tokenizer."""
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
-        if getattr(config, "num_labels", None) != 1:  # fail before loading the weights
-            raise UsageError(f"reward model {name!r} has {getattr(config, 'num_labels', None)} outputs; expected 1")
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
+    if getattr(config, "num_labels", None) != 1:  # fail before loading the weights
+        raise UsageError(f"reward model {name!r} has {getattr(config, 'num_labels', None)} outputs; expected 1")
+    tokenizer = _load_tokenizer(name, config)
+    _require_chat_template("reward model's", lambda: rewards.chat_pieces(tokenizer, "hi"))  # before the weights
+    try:
         model = AutoModelForSequenceClassification.from_pretrained(name, config=config, dtype=dtype)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
-    return model, _load_tokenizer(name)
+    return model, tokenizer
 
 
 def load_models(args, device: torch.device, dtype: torch.dtype):
@@ -234,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> SamplingConfig:
-    return SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}).validate()
+    try:
+        return SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}).validate()
+    except ValueError as error:  # an out-of-range option
+        raise UsageError(str(error)) from None
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -296,9 +325,7 @@ def run(args) -> dict:
     mask_id = mask_token_id(dllm_tokenizer, dllm)
     eos_id = dllm_tokenizer.eos_token_id
 
-    chat = [{"role": "user", "content": args.prompt}]
-    prompt_ids = dllm_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-    prompt_ids = dllm_tokenizer(prompt_ids, add_special_tokens=False)["input_ids"]
+    prompt_ids = dllm_tokenizer(prompt_text(dllm_tokenizer, args.prompt), add_special_tokens=False)["input_ids"]
     context = dllm.config.max_position_embeddings
     if len(prompt_ids) + config.max_new_tokens > context:
         raise UsageError(f"prompt ({len(prompt_ids)} tokens) + max-new-tokens ({config.max_new_tokens}) "
@@ -352,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (UsageError, ValueError) as error:
+    except UsageError as error:  # bad input only: any other exception is a bug and keeps its traceback
         print(f"error: {_first_line(error)}", file=sys.stderr)
         return 2
     report(result)

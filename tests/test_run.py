@@ -12,9 +12,11 @@ checkpoints written to disk:
   different seed a different one; greedy Best-of-N gives K identical responses;
 * every bad input (empty prompt, out-of-range K, T, M, eta, temperature, top-p,
   max-new-tokens, unknown method, CUDA without CUDA, a missing model, a reward model with
-  two outputs, a denoiser without a mask token, a prompt beyond the denoiser's context)
-  exits with status 2 and exactly one `error:` line on stderr, no traceback and no output
-  file -- before any weights are loaded where the config already tells;
+  two outputs, a denoiser without a mask token, a denoiser or reward tokenizer without a
+  chat template, a prompt beyond the denoiser's context) exits with status 2 and exactly
+  one `error:` line on stderr, no traceback and no output file -- before any weights are
+  loaded where the config and tokenizer already tell; any other exception (a ValueError
+  from inside generation) is a bug and propagates with its traceback;
 * a checkpoint in Dream's hub layout (model_type "Dream", remote-code `auto_map`s for the
   model and the tokenizer, Qwen2 parameter names) loads through `run.load_dream` into
   transformers' own Qwen2ForCausalLM without remote code and without prompting for it,
@@ -34,6 +36,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +174,17 @@ def two_output_reward(tmp_path_factory):
         num_key_value_heads=1, head_dim=16, num_labels=2, pad_token_id=tokenizer.pad_token_id,
     )
     run._seeded(0, lambda: transformers.Qwen3ForSequenceClassification(config)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def templateless_reward(tmp_path_factory):
+    """A tiny one-output Qwen3 sequence classifier saved with a tokenizer that has no chat template."""
+    directory = tmp_path_factory.mktemp("reward_no_template")
+    model, tokenizer = run.tiny_reward()
+    tokenizer.chat_template = None
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -426,6 +440,38 @@ def test_denoiser_without_mask_token(maskless_denoiser, capsys, tmp_path, no_rem
     """A denoiser without any mask token is rejected (before loading its weights)."""
     argv = ["--prompt", PROMPT, *TINY, "--dllm", str(maskless_denoiser)]
     assert_usage_error(argv, capsys, tmp_path, "mask token")
+
+
+def test_reward_tokenizer_without_chat_template(templateless_reward, capsys, tmp_path, no_remote_code_prompt,
+                                                monkeypatch):
+    """A reward model whose tokenizer has no chat template is a usage error, raised before its weights load."""
+    monkeypatch.setattr(run.sampler, "generate", lambda *a, **k: pytest.fail("generation started"))
+    for method in ("entrgi", "bon"):  # bon scores only at the end: the check must still come first
+        argv = ["--prompt", PROMPT, *TINY, "--reward-model", str(templateless_reward), "--method", method]
+        assert_usage_error(argv, capsys, tmp_path, "reward model's tokenizer", "chat template")
+
+
+def test_denoiser_tokenizer_without_chat_template(dream_checkpoint, capsys, tmp_path, no_remote_code_prompt):
+    """A Dream-layout denoiser whose tokenizer has no chat template is a usage error, before its weights load."""
+    directory = tmp_path / "dream_no_template"
+    shutil.copytree(dream_checkpoint[0], directory)
+    (directory / "model.safetensors").unlink()  # the check must come first: there are no weights to load
+    tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
+    del tokenizer_config["chat_template"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    argv = ["--prompt", PROMPT, *TINY, "--dllm", str(directory)]
+    assert_usage_error(argv, capsys, tmp_path, "denoiser's tokenizer", "chat template")
+
+
+def test_internal_value_error_is_not_reported_as_bad_input(monkeypatch, capsys):
+    """Only bad input becomes a one-line exit 2: a ValueError raised inside generation propagates, traceback and all."""
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(run.sampler, "generate", broken)
+    with pytest.raises(ValueError, match="a bug, not bad input"):
+        run.main(["--prompt", PROMPT, *TINY])
+    assert "error:" not in capsys.readouterr().err
 
 
 def test_script_bad_input(two_output_reward, tmp_path):
