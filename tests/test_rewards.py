@@ -17,7 +17,8 @@ with its own, smaller 260-token tokenizer, so the bridge has unmapped tokens):
   differentiable score, `score_ids` and `score_texts`;
 * the vocabulary bridge maps by token string (identity, permuted vocabulary, unmapped
   tokens counted), `bridged_embeddings` gathers R's rows (zeros where unmapped), and
-  `chat_pieces` splits R's chat template around the response.
+  `chat_pieces` splits R's chat template around the response, and rejects a template that
+  shows the response other than once.
 """
 
 from __future__ import annotations
@@ -407,6 +408,16 @@ def test_chat_pieces_reassemble_the_chat_template():
         suffixes.add(tuple(suffix))
     assert len(suffixes) == 1
     assert len({tuple(rewards.chat_pieces(rt, p)[0]) for p in PROMPTS}) == len(PROMPTS)
+
+
+@pytest.mark.parametrize("times", [0, 2])
+def test_chat_pieces_rejects_a_template_without_exactly_one_response(times):
+    """A chat template that drops the assistant's text, or repeats it, cannot be split: a one-line ValueError."""
+    tokenizer = run.tiny_tokenizer(260)
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} "
+                               + "{{ m['content'] }}" * times + "<|im_end|>{% endfor %}")
+    with pytest.raises(ValueError, match=f"response {times} times, not once"):
+        rewards.chat_pieces(tokenizer, PROMPTS[0])
 
 
 def test_scorer_rejects_prompt_dependent_suffix():
