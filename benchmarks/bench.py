@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py --shape tiny                      # CPU, seconds
     python benchmarks/bench.py --shape dream-7b --json out.json  # CUDA: Dream-7B + Skywork-1.7B shapes
+    python benchmarks/bench.py --top-p 1                         # the same without the top-p filters
 
 Per prompt, guidance costs T denoiser forwards plus T * M reward forward+backward passes;
 everything else (softmax and entropy over V, the top-p sort, the soft-embedding matmul,
@@ -164,11 +165,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--top-p", type=float, default=SamplingConfig.top_p,
+                        help="nucleus mass (1 = no top-p filter: what the exact filters cost)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
         if args.repeat < 1 or args.warmup < 0:
             raise run.UsageError(f"--repeat must be >= 1 and --warmup >= 0, got {args.repeat} and {args.warmup}")
+        if not 0 < args.top_p <= 1:
+            raise run.UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
         device = run.resolve_device(args.device)
         if args.shape == "dream-7b" and device.type != "cuda":
             raise run.UsageError("--shape dream-7b needs a CUDA GPU (it builds 9 B parameters in bfloat16)")
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     for model in (dllm, reward):
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-    config = SamplingConfig(K=4, max_new_tokens=128, M=3, T=1)  # T = 1: one step over all L masks
+    config = SamplingConfig(K=4, max_new_tokens=128, M=3, T=1, top_p=args.top_p)  # T = 1: one step over all L masks
     K, L = config.K, config.max_new_tokens
     prompt_ids = tokenizer(PROMPT * 4, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
     prompt = torch.tensor([prompt_ids], device=device)  # (1, P)
@@ -250,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
     }
     figures["shapes"] = {"shape": args.shape, "K": K, "L": L, "prompt_tokens": PROMPT_TOKENS, "M": config.M,
+                         "top_p": config.top_p,
                          "V": dllm.config.vocab_size, "reward_prefix_tokens": scorer.prefix_ids.shape[1],
                          "dtype": str(dtype).removeprefix("torch."), "warmup": args.warmup, "repeat": args.repeat}
     for name in ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s"):

@@ -28,18 +28,18 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     assert figures["peak_mem_bytes"] > 0
     assert figures["host_syncs"] is None  # counted on CUDA only: on the CPU there is no device to wait for
     assert figures["machine"]["torch"] == torch.__version__
-    assert {k: figures["shapes"][k] for k in ("K", "L", "prompt_tokens", "M")} == {
-        "K": 4, "L": 128, "prompt_tokens": 64, "M": 3}
+    assert {k: figures["shapes"][k] for k in ("K", "L", "prompt_tokens", "M", "top_p")} == {
+        "K": 4, "L": 128, "prompt_tokens": 64, "M": 3, "top_p": 0.95}
     assert json.loads(out.read_text()) == figures
     printed = capsys.readouterr().out
     assert all(name in printed for name in PARTS + ("overhead_ratio", "peak_mem_bytes"))
 
 
 @pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "dream-7b", "--device", "cpu"],
-                                  ["--repeat", "0"], ["--warmup", "-1"]])
+                                  ["--repeat", "0"], ["--warmup", "-1"], ["--top-p", "0"], ["--top-p", "1.5"]])
 def test_bench_bad_input_is_a_one_line_error(argv, capsys):
-    """CUDA asked for where there is none, dream-7b shapes on the CPU, no timed round or a negative
-    warm-up: exit status 2, one line on stderr."""
+    """CUDA asked for where there is none, dream-7b shapes on the CPU, no timed round, a negative
+    warm-up or a top-p outside (0, 1]: exit status 2, one line on stderr."""
     if argv[-1] == "cuda" and torch.cuda.is_available():
         pytest.skip("checks the error without a GPU")
     with pytest.raises(SystemExit) as exit_info:
