@@ -64,6 +64,12 @@ class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit status 2."""
 
 
+# What transformers raises for a checkpoint that is missing, unreadable or malformed: a missing
+# file (OSError), a bad config value (ValueError, KeyError, TypeError), weights that do not fit
+# the config (RuntimeError). Each loading step turns them into a UsageError naming the model.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+
 # --------------------------------------------------------------------------- tiny models
 
 TINY_CORPUS = [
@@ -140,7 +146,7 @@ def _read_config(name: str) -> dict:
     try:
         path = Path(name) / "config.json" if Path(name).is_dir() else cached_file(name, "config.json")
         return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
 
 
@@ -152,10 +158,10 @@ def _load_tokenizer(name: str, config=None):
     """
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=False, config=config)  # never run hub code
-    except (OSError, ValueError):
+    except LOAD_ERRORS:
         try:
             return PreTrainedTokenizerFast.from_pretrained(name)
-        except (OSError, ValueError) as error:
+        except LOAD_ERRORS as error:
             raise UsageError(f"cannot load the tokenizer of {name!r}: {_first_line(error)}") from None
 
 
@@ -167,9 +173,11 @@ def prompt_text(tokenizer, prompt: str) -> str:
 
 def _require_chat_template(whose: str, apply) -> None:
     """Run `apply()` (a chat-template call); a tokenizer without a usable template is a usage error."""
+    from jinja2 import TemplateError  # transformers renders chat templates with jinja2 (a torch dependency)
+
     try:
         apply()
-    except ValueError as error:  # e.g. no chat template
+    except (ValueError, TemplateError) as error:  # no chat template; a template that fails or raises
         raise UsageError(f"the {whose} tokenizer cannot apply a chat template: {_first_line(error)}") from None
 
 
@@ -182,13 +190,16 @@ def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]
     dropped = {"model_type", "auto_map", "architectures", "transformers_version", "torch_dtype", "dtype"}
     if raw.get("rope_scaling") is None:  # Dream's is null; transformers 5 warns on the deprecated key even then
         dropped.add("rope_scaling")
-    config = Qwen2Config(**{k: v for k, v in raw.items() if k not in dropped})
+    try:
+        config = Qwen2Config(**{k: v for k, v in raw.items() if k not in dropped})
+    except LOAD_ERRORS as error:
+        raise UsageError(f"unsupported config in {name!r}: {_first_line(error)}") from None
     tokenizer = _load_tokenizer(name, config)
     mask_token_id(tokenizer, argparse.Namespace(config=config))  # no mask token: fail before loading the weights
     _require_chat_template("denoiser's", lambda: prompt_text(tokenizer, "hi"))  # no chat template: likewise
     try:
         model = Qwen2ForCausalLM.from_pretrained(name, config=config, dtype=dtype)
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
     return model, tokenizer
 
@@ -197,7 +208,7 @@ def load_reward_model(name: str, dtype: torch.dtype):
     """A sequence-classifier reward model with one output, plus its tokenizer."""
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
     if getattr(config, "num_labels", None) != 1:  # fail before loading the weights
         raise UsageError(f"reward model {name!r} has {getattr(config, 'num_labels', None)} outputs; expected 1")
@@ -205,8 +216,10 @@ def load_reward_model(name: str, dtype: torch.dtype):
     _require_chat_template("reward model's", lambda: rewards.chat_pieces(tokenizer, "hi"))  # before the weights
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name, config=config, dtype=dtype)
-    except (OSError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
+    if not all(hasattr(model, part) for part in ("model", "score")):  # what EmbeddingScorer drives
+        raise UsageError(f"reward model {name!r} ({type(model).__name__}) is not a decoder with a `score` head")
     return model, tokenizer
 
 
@@ -288,6 +301,17 @@ def progress_bar(total: int, enabled: bool):
     return on_step
 
 
+def check_output_path(path: Path, flag: str = "--output") -> None:
+    """Fail before any work if `path` cannot become a file: it is a directory, or a file stands where a directory must be."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path}: {ancestor} is a file, not a directory")
+
+
 def write_json_atomically(path: Path, payload: dict) -> None:
     """Write to a temporary file beside `path`, then rename: no partial file, ever."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,8 +340,10 @@ def run(args) -> dict:
     config = config_from_args(args)
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
-    if args.output is not None and args.output.is_dir():
-        raise UsageError(f"--output {args.output} is a directory")
+    if not -2**63 <= args.seed < 2**64:  # what torch.Generator.manual_seed accepts
+        raise UsageError(f"--seed must be in [-2**63, 2**64), got {args.seed}")
+    if args.output is not None:
+        check_output_path(args.output)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import platform
 import statistics
 import sys
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
         device = run.resolve_device(args.device)
         if args.shape == "dream-7b" and device.type != "cuda":
             raise run.UsageError("--shape dream-7b needs a CUDA GPU (it builds 9 B parameters in bfloat16)")
-        if args.json is not None and args.json.is_dir():
-            raise run.UsageError(f"--json {args.json} is a directory")
+        if args.json is not None:
+            run.check_output_path(args.json, "--json")
     except run.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     masked = torch.ones(N, L, dtype=torch.bool, device=device)  # (N, L)
     with torch.no_grad():
         logits = denoise(ids, keep, positions + PROMPT_TOKENS)  # (N, L, V)
+    logits = logits.index_fill(-1, torch.tensor([mask_id], device=device), -math.inf)  # as generate passes them on
 
     def denoiser():
         with torch.no_grad():

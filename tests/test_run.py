@@ -10,13 +10,16 @@ checkpoints written to disk:
   best response follow from them, and whose config records every SamplingConfig field,
   the models, seed, device, dtype and versions; the same seed gives the same result, a
   different seed a different one; greedy Best-of-N gives K identical responses;
-* every bad input (empty prompt, out-of-range K, T, M, eta, temperature, top-p,
-  max-new-tokens, unknown method, CUDA without CUDA, a missing model, a reward model with
-  two outputs, a denoiser without a mask token, a denoiser or reward tokenizer without a
-  chat template, a prompt beyond the denoiser's context) exits with status 2 and exactly
-  one `error:` line on stderr, no traceback and no output file -- before any weights are
-  loaded where the config and tokenizer already tell; any other exception (a ValueError
-  from inside generation) is a bug and propagates with its traceback;
+* every bad input (empty prompt, out-of-range or non-finite K, T, M, eta, temperature,
+  top-p, max-new-tokens, a seed torch cannot take, unknown method, CUDA without CUDA, an
+  output path below a file, a missing model, a reward model with two outputs, a denoiser
+  without a mask token, a denoiser or reward tokenizer without a working chat template, a
+  prompt beyond the denoiser's context) exits with status 2 and exactly one `error:` line
+  on stderr, no traceback and no output file -- before any weights are loaded where the
+  config and tokenizer already tell; a checkpoint whose config does not fit its weights or
+  names an unknown RoPE type, and a reward model without a decoder and a score head, exit 2
+  with the error as the last line (after transformers' own load report); any other
+  exception (a ValueError from inside generation) is a bug and propagates with its traceback;
 * a checkpoint in Dream's hub layout (model_type "Dream", remote-code `auto_map`s for the
   model and the tokenizer, Qwen2 parameter names) loads through `run.load_dream` into
   transformers' own Qwen2ForCausalLM without remote code and without prompting for it,
@@ -178,12 +181,13 @@ def two_output_reward(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def templateless_reward(tmp_path_factory):
-    """A tiny one-output Qwen3 sequence classifier saved with a tokenizer that has no chat template."""
-    directory = tmp_path_factory.mktemp("reward_no_template")
+@pytest.fixture(scope="module", params=["none", "raises"])
+def templateless_reward(request, tmp_path_factory):
+    """A tiny one-output Qwen3 sequence classifier saved with a tokenizer that has no chat template,
+    or one that raises when applied (jinja's raise_exception, as real templates do on bad roles)."""
+    directory = tmp_path_factory.mktemp(f"reward_template_{request.param}")
     model, tokenizer = run.tiny_reward()
-    tokenizer.chat_template = None
+    tokenizer.chat_template = None if request.param == "none" else "{{ raise_exception('roles must alternate') }}"
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -375,6 +379,10 @@ def assert_usage_error(argv: list[str], capsys, tmp_path: Path, *words: str) -> 
     (["--M", "-1"], ["M"]),
     (["--eta", "0"], ["eta"]),
     (["--eta", "-0.5"], ["eta"]),
+    (["--eta", "inf"], ["eta"]),
+    (["--temperature", "nan"], ["temperature"]),
+    (["--seed", str(2**64)], ["seed"]),
+    (["--seed", str(-2**63 - 1)], ["seed"]),
     (["--temperature", "-0.1"], ["temperature"]),
     (["--temperature", "0"], ["temperature", "entrgi"]),
     (["--temperature", "0", "--method", "aps"], ["temperature", "aps"]),
@@ -444,8 +452,10 @@ def test_denoiser_without_mask_token(maskless_denoiser, capsys, tmp_path, no_rem
 
 def test_reward_tokenizer_without_chat_template(templateless_reward, capsys, tmp_path, no_remote_code_prompt,
                                                 monkeypatch):
-    """A reward model whose tokenizer has no chat template is a usage error, raised before its weights load."""
+    """A reward model whose tokenizer has no (working) chat template is a usage error, raised before its weights load."""
     monkeypatch.setattr(run.sampler, "generate", lambda *a, **k: pytest.fail("generation started"))
+    monkeypatch.setattr(run.AutoModelForSequenceClassification, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the weights were loaded first"))
     for method in ("entrgi", "bon"):  # bon scores only at the end: the check must still come first
         argv = ["--prompt", PROMPT, *TINY, "--reward-model", str(templateless_reward), "--method", method]
         assert_usage_error(argv, capsys, tmp_path, "reward model's tokenizer", "chat template")
@@ -461,6 +471,55 @@ def test_denoiser_tokenizer_without_chat_template(dream_checkpoint, capsys, tmp_
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     argv = ["--prompt", PROMPT, *TINY, "--dllm", str(directory)]
     assert_usage_error(argv, capsys, tmp_path, "denoiser's tokenizer", "chat template")
+
+
+def test_output_below_a_file(capsys, tmp_path):
+    """--output inside a path whose "directory" is a file: exit 2 and one line, before any work."""
+    (tmp_path / "file").write_text("")
+    status, out, err = cli(["--prompt", PROMPT, *TINY, "--output", str(tmp_path / "file" / "sub" / "x.json")], capsys)
+    assert status == 2 and err.startswith("error: ") and len(err.splitlines()) == 1 and "is a file" in err
+    assert out == ""
+
+
+def _edited_dream(dream_checkpoint, tmp_path, **changes) -> Path:
+    """A copy of the Dream-layout checkpoint with its config.json fields changed."""
+    directory = tmp_path / "dream_edited"
+    shutil.copytree(dream_checkpoint[0], directory)
+    raw = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**raw, **changes}))
+    return directory
+
+
+@pytest.mark.parametrize("changes", [
+    {"vocab_size": 448},  # weights that do not fit the config: transformers raises RuntimeError
+    {"num_key_value_heads": 1},  # likewise
+    {"rope_scaling": {"type": "bogus"}},  # an unknown RoPE type: KeyError while building the model
+], ids=lambda c: next(iter(c)))
+def test_malformed_denoiser_checkpoint(changes, dream_checkpoint, capsys, tmp_path, no_remote_code_prompt):
+    """A checkpoint whose config does not fit its weights, or names an unknown RoPE type: exit 2, no traceback,
+    no file; the error line (last on stderr, after transformers' own load report) names the model."""
+    directory = _edited_dream(dream_checkpoint, tmp_path, **changes)
+    output = tmp_path / "x.json"
+    status, out, err = cli(["--prompt", PROMPT, *TINY, "--dllm", str(directory), "--output", str(output)], capsys)
+    assert status == 2, err
+    assert err.splitlines()[-1].startswith(f"error: cannot load model '{directory}'"), err
+    assert "Traceback" not in err and "Top@1" not in out and not output.exists()
+
+
+def test_reward_model_without_a_decoder_and_score_head(tmp_path, capsys, no_remote_code_prompt):
+    """A one-output sequence classifier of another layout (GPT-2: no `.model`) cannot be driven by embeddings: exit 2."""
+    directory = tmp_path / "gpt2_reward"
+    _, tokenizer = run.tiny_reward()
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, num_labels=1,
+                                     pad_token_id=tokenizer.pad_token_id)
+    run._seeded(0, lambda: transformers.GPT2ForSequenceClassification(config)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    output = tmp_path / "x.json"
+    status, out, err = cli(["--prompt", PROMPT, *TINY, "--reward-model", str(directory), "--output", str(output)],
+                           capsys)
+    assert status == 2, err
+    assert err.splitlines()[-1].startswith("error: ") and "score" in err.splitlines()[-1], err
+    assert "Traceback" not in err and "Top@1" not in out and not output.exists()
 
 
 def test_internal_value_error_is_not_reported_as_bad_input(monkeypatch, capsys):
