@@ -207,7 +207,8 @@ def generate(
     ], dim=1)  # (N, S)
     origin = config.alg == "origin"
     schedule = None if origin else unmask_schedule(L, T, config.eps)
-    timesteps = torch.linspace(1, config.eps, T + 1)  # (T + 1,) host
+    timesteps = torch.linspace(1, config.eps, T + 1)  # (T + 1,) float32, host
+    fill_prob = (1 - timesteps[1:] / timesteps[:-1]).tolist()[:-1] + [1.0]  # origin's 1 - s/t per step; all at the last
     all_positions = repeat(torch.arange(L, device=device), "l -> n l", n=ids.shape[0])  # (N, L)
     never_drawn = torch.tensor([mask_id], device=device)  # (1,) vocabulary index of the mask token
 
@@ -226,9 +227,8 @@ def generate(
                 guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
         tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
         if origin:
-            p_fill = 1.0 if i == T - 1 else (1 - timesteps[i + 1] / timesteps[i]).item()  # host tensor: no sync
             draw = torch.rand(block_masked.shape, generator=generator, device=device)  # (N, n)
-            fill = block_masked & (draw < p_fill)  # (N, n)
+            fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
             score = confidence(probs if config.confidence == "unguided" else guided_probs, tokens, config.alg)  # (N, n)
             if config.eos_last and eos_id is not None:
