@@ -235,10 +235,16 @@ def load_models(args, device: torch.device, dtype: torch.dtype):
 
 
 def mask_token_id(tokenizer, model) -> int:
-    """The denoiser's mask token: the tokenizer's mask token, the config's, or `<|mask|>` in the vocabulary."""
+    """The denoiser's mask token: the tokenizer's mask token, the config's, or `<|mask|>` in the vocabulary.
+
+    It must be a row of the denoiser's embedding (id < vocab_size).
+    """
     for candidate in (tokenizer.mask_token_id, getattr(model.config, "mask_token_id", None),
                       tokenizer.get_vocab().get(MASK_TOKEN)):
         if candidate is not None:
+            if not 0 <= int(candidate) < model.config.vocab_size:
+                raise UsageError(f"the mask token id {candidate} is outside the denoiser's vocabulary "
+                                 f"of {model.config.vocab_size} (tokenizer and model do not match)")
             return int(candidate)
     raise UsageError("the denoiser has no mask token (no mask_token, no mask_token_id, no <|mask|> in its vocabulary)")
 

@@ -490,6 +490,15 @@ def _edited_dream(dream_checkpoint, tmp_path, **changes) -> Path:
     return directory
 
 
+def test_mask_token_outside_the_denoiser_vocabulary(dream_checkpoint, capsys, tmp_path, no_remote_code_prompt):
+    """A tokenizer whose mask id is not a row of the model (vocab_size too small): one line, exit 2, before the weights."""
+    mask = dream_checkpoint[2]["mask_token_id"]  # the tokenizer's mask id too (test_load_dream_layout)
+    directory = _edited_dream(dream_checkpoint, tmp_path, vocab_size=mask)  # rows 0 .. mask - 1
+    (directory / "model.safetensors").unlink()  # the check must come first: there are no weights to load
+    argv = ["--prompt", PROMPT, *TINY, "--dllm", str(directory)]
+    assert_usage_error(argv, capsys, tmp_path, "mask token id", "outside")
+
+
 @pytest.mark.parametrize("changes", [
     {"vocab_size": 448},  # weights that do not fit the config: transformers raises RuntimeError
     {"num_key_value_heads": 1},  # likewise
