@@ -1,6 +1,6 @@
 """The bridge between the denoiser's tokens and a sequence-classifier reward model R.
 
-SPEC §2-§3. R (Skywork-Reward-V2-Qwen3 in the paper) scores a conversation read through
+R (Skywork-Reward-V2-Qwen3 in the paper, section 4) scores a conversation read through
 its own chat template. Guidance needs R's score as a differentiable function of the
 response's input embeddings, in the *denoiser's* vocabulary:
 
@@ -8,16 +8,24 @@ response's input embeddings, in the *denoiser's* vocabulary:
     E[i]       = E_R[bridge[i]]        (zeros where bridge[i] = -1)            (V, d)
     input      = [ E_R[prefix] | response embeddings | E_R[suffix] ]           prefix/suffix:
                  R's chat template around the assistant turn, user turn = the prompt
-    keep_l     = no EOS at or before l, and not pad  (response positions)      attention
+    keep_l     = before the first end token, not hidden, not a leading newline  (`ResponseReading`)
     pos        = cumsum(keep) - 1                                              position ids
     r          = score_head(last hidden state at the final suffix token)       (N,)
 
 Excluded positions are dropped from attention and skipped by the position ids, and the
 score is read at the last real token (always the final suffix token), so the score of
 one-hot embeddings equals the discrete score of the same tokens: R reads exactly
-[prefix | response up to its first EOS | suffix]. The prompt prefix is the same for
-every trajectory and every guidance step, so its keys and values are computed once
-(`cache=True`).
+[prefix | kept response tokens | suffix]. (A sequence classifier called with
+`inputs_embeds` cannot find padding from token ids and pools the last position; here the
+last position is always real.) What is kept mirrors what the reported reward shows R:
+the response is decoded up to its first end token with special tokens dropped, and R's
+template strips the leading newlines of the assistant turn; tokens without a counterpart
+in R's vocabulary are left out too. What remains different between the token sequence
+and its decoded text -- a `</think>` inside the response (Qwen3's template moves the
+text before it into the think block) and non-canonical tokenisations (tokens sampled
+independently need not be how R's tokenizer would split the text) -- is why `run.py`
+reports both figures. The prompt prefix is the same for every trajectory and every
+guidance step, so its keys and values are computed once (`cache=True`).
 
 The discrete reward (the reported metric) scores real token ids with R's ordinary
 forward: `score_ids`, and `score_texts` for (prompt, response text) pairs.
@@ -29,6 +37,7 @@ Shapes:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -128,20 +137,92 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+# --------------------------------------------------------------------------- transformers' cache API
+
+
+def cache_argument(model, cache) -> dict:
+    """The keyword that hands `cache` to `model.forward`: `cache` (transformers >= 5.2x), else `past_key_values`.
+
+    transformers renamed the argument and warns that the old name goes in 5.40; this asks the
+    forward's own signature rather than the version number.
+    """
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def output_cache(output):
+    """The cache a forward returned, under its new name (`cache`) or its old one, without the deprecation warning."""
+    return output["cache"] if "cache" in output.keys() else output["past_key_values"]
+
+
 # --------------------------------------------------------------------------- differentiable score
+
+
+@dataclass(frozen=True)
+class ResponseReading:
+    """Which denoiser tokens R reads, as (V,) bool tables indexed by token id.
+
+    end:     ends the response: it and everything after it are left out (the EOS cut-off)
+    hidden:  never shown to R: pads, special tokens that decoding drops, tokens with no
+             counterpart in R's vocabulary (the decoded text that R scores has none of them)
+    newline: newline-only tokens, left out while they lead the response (R's chat template
+             strips the leading newlines of the assistant turn, as Qwen3's does)
+    """
+
+    end: Tensor
+    hidden: Tensor
+    newline: Tensor
+
+    def keep(self, tokens: Tensor) -> Tensor:
+        """Response positions R reads. (N, L) long -> (N, L) bool.
+
+            keep_l = no end token at or before l  and  not hidden  and  some visible non-newline at or before l
+        """
+        end, hidden, newline = (table.to(tokens.device)[tokens] for table in (self.end, self.hidden, self.newline))
+        visible = (end.cumsum(-1) == 0) & ~hidden  # (N, L) before the first end, shown
+        started = (visible & ~newline).cumsum(-1) > 0  # (N, L) at or after the first shown non-newline
+        return visible & started
+
+
+def response_reading(vocab_size: int, end_ids, pad_id: int | None = None, tokenizer=None,
+                     bridge: VocabBridge | None = None) -> ResponseReading:
+    """The tables of `ResponseReading` for a vocabulary of `vocab_size` rows.
+
+    With `tokenizer` (the denoiser's): its added tokens that `decode(skip_special_tokens=True)`
+    drops are hidden, and its tokens that decode to newlines only are `newline`. With
+    `bridge`: tokens without a counterpart in R's vocabulary (and embedding rows beyond the
+    tokenizer) are hidden.
+    """
+    end = torch.zeros(vocab_size, dtype=torch.bool)
+    end[torch.tensor(sorted(set(end_ids)), dtype=torch.long)] = True
+    hidden = torch.zeros(vocab_size, dtype=torch.bool)
+    newline = torch.zeros(vocab_size, dtype=torch.bool)
+    if pad_id is not None:
+        hidden[pad_id] = True
+    if bridge is not None:
+        hidden |= bridge.index < 0
+    if tokenizer is not None:
+        dropped = [i for i in tokenizer.added_tokens_decoder
+                   if i < vocab_size and tokenizer.decode([i], skip_special_tokens=True) == ""]
+        hidden[torch.tensor(dropped, dtype=torch.long)] = True
+        # Byte-level BPE spells a newline byte "Ċ"; candidates are checked by decoding them.
+        lines = [i for token, i in tokenizer.get_vocab().items()
+                 if i < vocab_size and token and set(token) <= {"Ċ", "\n"}
+                 and set(tokenizer.decode([i])) == {"\n"}]
+        newline[torch.tensor(lines, dtype=torch.long)] = True
+    return ResponseReading(end=end, hidden=hidden, newline=newline)
 
 
 class EmbeddingScorer:
     """Differentiable reward of response embeddings for B prompts x K trajectories.
 
-    Call with embeds (N, L, d) in R's dtype and the denoiser tokens (N, L) (for the EOS
-    cut-off and padding); returns (N,) float32 scores, differentiable in embeds. Rows
-    are ordered prompt-major: row b * K + k is trajectory k of prompt b.
+    Call with embeds (N, L, d) in R's dtype and the denoiser tokens (N, L) (for which
+    positions R reads: `reading`); returns (N,) float32 scores, differentiable in embeds.
+    Rows are ordered prompt-major: row b * K + k is trajectory k of prompt b.
     """
 
-    def __init__(self, model, tokenizer, prompts: list[str], *, K: int, eos_id: int | None,
-                 pad_id: int | None, cache: bool = True):
-        self.model, self.eos_id, self.pad_id, self.cache = model, eos_id, pad_id, cache
+    def __init__(self, model, tokenizer, prompts: list[str], *, K: int, reading: ResponseReading,
+                 cache: bool = True):
+        self.model, self.reading, self.cache = model, reading, cache
         device = next(model.parameters()).device
         pieces = [chat_pieces(tokenizer, p) for p in prompts]
         suffixes = {tuple(s) for _, s in pieces}
@@ -160,16 +241,11 @@ class EmbeddingScorer:
         out = self.model.model(input_ids=prefix_ids, attention_mask=prefix_keep.long(),
                                position_ids=position_ids, use_cache=True)
         return [(layer.keys.repeat_interleave(K, 0), layer.values.repeat_interleave(K, 0))
-                for layer in out.past_key_values.layers]  # each (N, heads, P_R, head_dim)
+                for layer in output_cache(out).layers]  # each (N, heads, P_R, head_dim)
 
     def response_keep(self, tokens: Tensor) -> Tensor:
-        """Response positions R attends to: before the first EOS and not pad. (N, L) -> (N, L) bool."""
-        keep = torch.ones_like(tokens, dtype=torch.bool)
-        if self.eos_id is not None:
-            keep &= (tokens == self.eos_id).cumsum(-1) == 0
-        if self.pad_id is not None:
-            keep &= tokens != self.pad_id
-        return keep
+        """Response positions R attends to (`ResponseReading.keep`). (N, L) -> (N, L) bool."""
+        return self.reading.keep(tokens)
 
     def __call__(self, embeds: Tensor, tokens: Tensor) -> Tensor:
         N = embeds.shape[0]
@@ -185,8 +261,8 @@ class EmbeddingScorer:
         if self.prefix_kv is not None:
             past = DynamicCache(ddp_cache_data=self.prefix_kv)  # a fresh cache: the forward appends to it
             hidden = self.model.model(inputs_embeds=torch.cat([embeds, suffix], 1), attention_mask=keep.long(),
-                                      position_ids=position_ids[:, P_R:], past_key_values=past,
-                                      use_cache=True).last_hidden_state  # (N, L + S_R, d)
+                                      position_ids=position_ids[:, P_R:], use_cache=True,
+                                      **cache_argument(self.model.model, past)).last_hidden_state  # (N, L + S_R, d)
         else:
             prefix = embed_tokens(self.prefix_ids)  # (N, P_R, d)
             hidden = self.model.model(inputs_embeds=torch.cat([prefix, embeds, suffix], 1),

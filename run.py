@@ -2,19 +2,15 @@
 
     python run.py --prompt "Write a haiku about gradients." --dllm tiny --reward-model tiny
     python run.py --prompt "..." --method entrgi --output result.json       # Dream-7B + Skywork, CUDA
+    python run.py --prompt "..." --dry-run        # configs and tokenizers only: the plan, no weights
 
-The pipeline (SPEC §2): the denoiser (Dream-v0-Instruct-7B) generates K responses of L
-tokens by masked diffusion (`sampler.generate`); at every denoising step the logits of
-the masked positions are guided by M Adam steps on the reward model's score
+The pipeline: the denoiser (Dream-v0-Instruct-7B) generates K responses of L tokens by
+masked diffusion (`sampler.generate`); at every denoising step the logits of the masked
+positions are guided by M Adam steps on the reward model's score
 (`sampler.reward_guidance` -> `entrgi.guide` -> `rewards.EmbeddingScorer`); finally each
 response is decoded and scored on real tokens (`rewards.score_texts`): Top@1 = max over
-K, Avg@N = mean over K. `--method bon` samples without guidance (Best-of-N).
-
-Models. `tiny` builds small seeded models and byte-level BPE tokenizers in-process
-(a Qwen2 denoiser, a Qwen3 sequence-classifier reward model; nothing is downloaded).
-Dream's hub code does not construct under transformers 5 (SPEC §3), so its checkpoint
-is loaded into transformers' own `Qwen2ForCausalLM` and run with a full bidirectional
-attention mask and Dream's right shift of logits (`sampler.dream_denoiser`).
+K, Avg@N = mean over K. `--method bon` samples without guidance (Best-of-N). Loading the
+checkpoints as they are shipped, and the tiny in-process models, is `models.py`.
 
 Exit status: 0 on success, 2 on bad input (one line on stderr; no output file is written).
 """
@@ -35,236 +31,43 @@ from pathlib import Path
 import torch
 import transformers
 from torch import Tensor
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForSequenceClassification,
-)
 
+import models
 import rewards
 import sampler
+from models import UsageError, first_line
 from sampler import SamplingConfig
-
-DEFAULT_DLLM = "Dream-org/Dream-v0-Instruct-7B"
-DEFAULT_REWARD = "Skywork/Skywork-Reward-V2-Qwen3-1.7B"
-MASK_TOKEN = "<|mask|>"  # Dream's mask token (id 151666 in Dream's vocabulary)
-EOS_TOKEN = "<|endoftext|>"
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
-
-
-# What transformers raises for a checkpoint that is missing, unreadable or malformed: a missing
-# file (OSError), a bad config value (ValueError, KeyError, TypeError), weights that do not fit
-# the config (RuntimeError). Each loading step turns them into a UsageError naming the model.
-LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
-
-
-# --------------------------------------------------------------------------- tiny models
-
-TINY_CORPUS = [
-    "A masked diffusion language model writes a response by filling masks, a few at every step.",
-    "The reward model reads the whole answer and returns one number: higher means better.",
-    "Guidance nudges the logits of the masked positions along the gradient of the reward.",
-    "When the model is confident the soft embedding is exact; when it is unsure, a real token is read.",
-    "Write a short poem about the sea. Explain why the sky is blue. Give three tips for sleeping well.",
-    "The quick brown fox jumps over the lazy dog, and the tired cat sleeps in the warm sun.",
-    "Numbers like one, two, three and ten appear in lists; questions end with a question mark?",
-]
-TINY_SPECIALS = [EOS_TOKEN, "<|im_start|>", "<|im_end|>", MASK_TOKEN]
-
-
-def tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on TINY_CORPUS (deterministic), with Qwen's specials and chat template.
-
-    Its alphabet is the corpus's characters only, so that tiny responses print as readable text.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS, show_progress=False)
-    bpe.train_from_iterator(TINY_CORPUS * 4, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
-                                        mask_token=MASK_TOKEN, additional_special_tokens=TINY_SPECIALS[1:3])
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
-    return tokenizer
-
-
-def _seeded(seed: int, build):
-    """Build a model with a fixed seed without touching the caller's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def tiny_dllm(seed: int = 0, vocab_size: int = 400) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
-    """A seeded 2-layer Qwen2 denoiser; like Dream, its embedding has more rows than the tokenizer has tokens."""
-    tokenizer = tiny_tokenizer(vocab_size)
-    config = Qwen2Config(
-        vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2,
-        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    return _seeded(seed, lambda: Qwen2ForCausalLM(config)).eval(), tokenizer
-
-
-def tiny_reward(seed: int = 1, vocab_size: int = 260) -> tuple[Qwen3ForSequenceClassification, PreTrainedTokenizerFast]:
-    """A seeded 2-layer Qwen3 sequence classifier with one output and its own (smaller) tokenizer."""
-    tokenizer = tiny_tokenizer(vocab_size)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-        num_labels=1, pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
-    )
-    return _seeded(seed, lambda: Qwen3ForSequenceClassification(config)).eval(), tokenizer
-
-
-# --------------------------------------------------------------------------- real models
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _read_config(name: str) -> dict:
-    """config.json of a local directory or hub id, as a dict (Dream's model_type is unknown to transformers)."""
-    from transformers.utils import cached_file
-
-    try:
-        path = Path(name) / "config.json" if Path(name).is_dir() else cached_file(name, "config.json")
-        return json.loads(Path(path).read_text())
-    except LOAD_ERRORS as error:
-        raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
-
-
-def _load_tokenizer(name: str, config=None):
-    """The checkpoint's tokenizer without remote code (Dream's tokenizer class lives in its hub code).
-
-    `config`, if given, spares transformers from reading config.json again (Dream's, with
-    its unknown model type, makes it print warnings).
-    """
-    try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False, config=config)  # never run hub code
-    except LOAD_ERRORS:
-        try:
-            return PreTrainedTokenizerFast.from_pretrained(name)
-        except LOAD_ERRORS as error:
-            raise UsageError(f"cannot load the tokenizer of {name!r}: {_first_line(error)}") from None
-
-
-def prompt_text(tokenizer, prompt: str) -> str:
-    """The denoiser's chat template around a user turn, up to where the assistant's answer begins."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
-
-
-def _require_chat_template(whose: str, apply) -> None:
-    """Run `apply()` (a chat-template call); a tokenizer without a usable template is a usage error."""
-    from jinja2 import TemplateError  # transformers renders chat templates with jinja2 (a torch dependency)
-
-    try:
-        apply()
-    except (ValueError, TemplateError) as error:  # no chat template; a template that fails or raises
-        raise UsageError(f"the {whose} tokenizer cannot apply a chat template: {_first_line(error)}") from None
-
-
-def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]:
-    """Dream (or any Qwen2-layout checkpoint) as transformers' own Qwen2ForCausalLM, plus its tokenizer."""
-    raw = _read_config(name)
-    if raw.get("model_type") not in ("Dream", "qwen2"):
-        raise UsageError(f"unsupported denoiser {name!r}: model_type {raw.get('model_type')!r} "
-                         "(expected Dream or qwen2)")
-    dropped = {"model_type", "auto_map", "architectures", "transformers_version", "torch_dtype", "dtype"}
-    if raw.get("rope_scaling") is None:  # Dream's is null; transformers 5 warns on the deprecated key even then
-        dropped.add("rope_scaling")
-    try:
-        config = Qwen2Config(**{k: v for k, v in raw.items() if k not in dropped})
-    except LOAD_ERRORS as error:
-        raise UsageError(f"unsupported config in {name!r}: {_first_line(error)}") from None
-    tokenizer = _load_tokenizer(name, config)
-    mask_token_id(tokenizer, argparse.Namespace(config=config))  # no mask token: fail before loading the weights
-    _require_chat_template("denoiser's", lambda: prompt_text(tokenizer, "hi"))  # no chat template: likewise
-    try:
-        model = Qwen2ForCausalLM.from_pretrained(name, config=config, dtype=dtype)
-    except LOAD_ERRORS as error:
-        raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
-    return model, tokenizer
-
-
-def load_reward_model(name: str, dtype: torch.dtype):
-    """A sequence-classifier reward model with one output, plus its tokenizer."""
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except LOAD_ERRORS as error:
-        raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
-    if getattr(config, "num_labels", None) != 1:  # fail before loading the weights
-        raise UsageError(f"reward model {name!r} has {getattr(config, 'num_labels', None)} outputs; expected 1")
-    tokenizer = _load_tokenizer(name, config)
-    _require_chat_template("reward model's", lambda: rewards.chat_pieces(tokenizer, "hi"))  # before the weights
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(name, config=config, dtype=dtype)
-    except LOAD_ERRORS as error:
-        raise UsageError(f"cannot load model {name!r}: {_first_line(error)}") from None
-    if not all(hasattr(model, part) for part in ("model", "score")):  # what EmbeddingScorer drives
-        raise UsageError(f"reward model {name!r} ({type(model).__name__}) is not a decoder with a `score` head")
-    return model, tokenizer
-
-
-def load_models(args, device: torch.device, dtype: torch.dtype):
-    """(denoiser, its tokenizer, reward model, its tokenizer), frozen, in eval mode, on `device`."""
-    dllm, dllm_tokenizer = tiny_dllm() if args.dllm == "tiny" else load_dream(args.dllm, dtype)
-    reward, reward_tokenizer = tiny_reward() if args.reward_model == "tiny" else load_reward_model(args.reward_model, dtype)
-    if getattr(reward.config, "num_labels", None) != 1:
-        raise UsageError(f"reward model {args.reward_model!r} has {reward.config.num_labels} outputs; expected 1")
-    for model in (dllm, reward):
-        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return dllm, dllm_tokenizer, reward, reward_tokenizer
-
-
-def mask_token_id(tokenizer, model) -> int:
-    """The denoiser's mask token: the tokenizer's mask token, the config's, or `<|mask|>` in the vocabulary.
-
-    It must be a row of the denoiser's embedding (id < vocab_size).
-    """
-    for candidate in (tokenizer.mask_token_id, getattr(model.config, "mask_token_id", None),
-                      tokenizer.get_vocab().get(MASK_TOKEN)):
-        if candidate is not None:
-            if not 0 <= int(candidate) < model.config.vocab_size:
-                raise UsageError(f"the mask token id {candidate} is outside the denoiser's vocabulary "
-                                 f"of {model.config.vocab_size} (tokenizer and model do not match)")
-            return int(candidate)
-    raise UsageError("the denoiser has no mask token (no mask_token, no mask_token_id, no <|mask|> in its vocabulary)")
 
 
 # --------------------------------------------------------------------------- command line
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default where it has one that its help does not already state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS, False) or action.required or "default" in text:
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: model and run options, then one option per SamplingConfig field (defaults live there)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--prompt", required=True, help="the user prompt")
-    parser.add_argument("--dllm", default=DEFAULT_DLLM, help="denoiser: hub id, local directory, or tiny")
-    parser.add_argument("--reward-model", default=DEFAULT_REWARD,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    parser.add_argument("--prompt", required=True, help="the user prompt (required)")
+    parser.add_argument("--dllm", default=models.DEFAULT_DLLM, help="denoiser: hub id, local directory, or tiny")
+    parser.add_argument("--reward-model", default=models.DEFAULT_REWARD,
                         help="reward model: hub id (Skywork-Reward-V2-Qwen3-0.6B/-1.7B/-4B), local directory, or tiny")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the one torch.Generator behind every draw")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the one torch.Generator behind every draw, in [0, 2**64)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the models run; auto = cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="model dtype; auto = bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--output", type=Path, help="write the result as JSON to this file")
+    parser.add_argument("--output", help="write the result as JSON to this file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read the configs and tokenizers only (never the weights), print the plan, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     hints = typing.get_type_hints(SamplingConfig)
     for f in dataclasses.fields(SamplingConfig):
@@ -298,17 +101,29 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
 
 
 def progress_bar(total: int, enabled: bool):
-    """on_step callback drawing a bar on stderr (reads no tensor: no device sync)."""
+    """on_step callback advancing a tqdm bar on stderr (reads no tensor: no device sync)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="denoising", file=sys.stderr, disable=not enabled, leave=True)
+
     def on_step(i: int, _ids: Tensor) -> None:
-        if enabled:
-            done = (i + 1) * 30 // total
-            end = "\n" if i + 1 == total else ""
-            print(f"\rdenoising [{'#' * done}{'.' * (30 - done)}] {i + 1}/{total}", end=end, file=sys.stderr, flush=True)
+        bar.update(1)
+        if i + 1 == total:
+            bar.close()
+
     return on_step
 
 
-def check_output_path(path: Path, flag: str = "--output") -> None:
-    """Fail before any work if `path` cannot become a file: it is a directory, or a file stands where a directory must be."""
+def check_output_path(path: str | Path, flag: str = "--output") -> Path:
+    """Fail before any work if `path` cannot become a file; returns it as a Path.
+
+    Bad: an empty path, a directory, a file standing where a directory must be, a place
+    where nothing can be created (a read-only or virtual file system such as /proc).
+    Nothing is left behind by the check.
+    """
+    if str(path).strip() == "":
+        raise UsageError(f"{flag} is empty")
+    path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a directory")
     ancestor = path.parent
@@ -316,6 +131,12 @@ def check_output_path(path: Path, flag: str = "--output") -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UsageError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {path} cannot be written: {first_line(error)}") from None
+    return path
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:
@@ -331,78 +152,190 @@ def write_json_atomically(path: Path, payload: dict) -> None:
         raise
 
 
-def decode_responses(tokenizer, tokens: Tensor, eos_id: int | None) -> list[str]:
-    """Each row's text up to its first EOS, special tokens dropped. (N, L) -> N strings."""
+def decode_responses(tokenizer, tokens: Tensor, end_ids) -> list[str]:
+    """Each row's text up to its first end token, special tokens dropped. (N, L) -> N strings."""
+    ends = set(end_ids)
     texts = []
     for row in tokens.tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[: row.index(eos_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+        cut = next((i for i, t in enumerate(row) if t in ends), len(row))
+        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
     return texts
 
 
-def run(args) -> dict:
-    """One experiment from parsed arguments; returns the result record (see README, "Output")."""
-    config = config_from_args(args)
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty")
-    if not -2**63 <= args.seed < 2**64:  # what torch.Generator.manual_seed accepts
-        raise UsageError(f"--seed must be in [-2**63, 2**64), got {args.seed}")
-    if args.output is not None:
-        check_output_path(args.output)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    started = time.perf_counter()
-    dllm, dllm_tokenizer, reward, reward_tokenizer = load_models(args, device, dtype)
-    mask_id = mask_token_id(dllm_tokenizer, dllm)
-    eos_id = dllm_tokenizer.eos_token_id
+# --------------------------------------------------------------------------- the plan (no weights)
 
-    prompt_ids = dllm_tokenizer(prompt_text(dllm_tokenizer, args.prompt), add_special_tokens=False)["input_ids"]
-    context = dllm.config.max_position_embeddings
-    if len(prompt_ids) + config.max_new_tokens > context:
-        raise UsageError(f"prompt ({len(prompt_ids)} tokens) + max-new-tokens ({config.max_new_tokens}) "
-                         f"exceeds the denoiser's context of {context} tokens")
-    prompt = torch.tensor([prompt_ids], device=device)  # (1, P)
 
-    bridge = rewards.vocab_bridge(dllm_tokenizer, reward_tokenizer, dllm.config.vocab_size)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+@dataclasses.dataclass
+class Plan:
+    """Everything a run needs that the configs and tokenizers tell, checked before any weight is read."""
+
+    config: SamplingConfig
+    dllm: models.Checkpoint
+    reward: models.Checkpoint
+    ids: models.TokenIds
+    bridge: rewards.VocabBridge
+    reading: rewards.ResponseReading
+    prompts: list[str]
+    prompt_ids: list[list[int]]  # the denoiser's chat-templated prompts
+    reward_pieces: list[tuple[list[int], list[int]]]  # R's (prefix, suffix) per prompt
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    if not 0 <= seed < 2**64:  # torch.Generator.manual_seed takes [-2**63, 2**64); negatives alias 2**64 + seed
+        raise UsageError(f"{flag} must be in [0, 2**64), got {seed}")
+
+
+def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: SamplingConfig) -> Plan:
+    """Read both checkpoints' configs and tokenizers and check every prompt against both contexts."""
+    dllm = models.denoiser_checkpoint(dllm_name)
+    ids = models.token_ids(dllm.tokenizer, dllm.config, dllm.generation_config)
+    reward = models.reward_checkpoint(reward_name)
+    L = config.max_new_tokens
+    dllm_context = dllm.config.max_position_embeddings
+    reward_context = reward.config.max_position_embeddings
+    prompt_ids, pieces = [], []
+    for prompt in prompts:
+        tokens = dllm.tokenizer(models.prompt_text(dllm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        if len(tokens) + L > dllm_context:
+            raise UsageError(f"prompt ({len(tokens)} tokens) + max-new-tokens ({L}) exceeds the denoiser's context "
+                             f"of {dllm_context} tokens")
+        prefix, suffix = rewards.chat_pieces(reward.tokenizer, prompt)
+        if len(prefix) + L + len(suffix) > reward_context:
+            raise UsageError(f"the reward model reads {len(prefix)} + {L} + {len(suffix)} tokens (chat prefix, "
+                             f"response, suffix), beyond its context of {reward_context}")
+        prompt_ids.append(tokens)
+        pieces.append((prefix, suffix))
+    bridge = rewards.vocab_bridge(dllm.tokenizer, reward.tokenizer, dllm.config.vocab_size)
+    reading = rewards.response_reading(dllm.config.vocab_size, ids.ends, ids.pad, dllm.tokenizer, bridge)
+    return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
+
+
+def describe_plan(plan: Plan, dtype: torch.dtype) -> list[str]:
+    """The plan as printed by --dry-run: model classes, special ids, the bridge, R's chat pieces, memory."""
+    d, r, ids, config = plan.dllm, plan.reward, plan.ids, plan.config
+    name = lambda i: d.tokenizer.convert_ids_to_tokens(i)  # noqa: E731
+    unmapped = [name(i) for i in range(plan.bridge.tokenizer_size) if plan.bridge.index[i] < 0]
+    shown = ", ".join(unmapped[:20]) + (f", ... and {len(unmapped) - 20} more" if len(unmapped) > 20 else "")
+    prefix, suffix = plan.reward_pieces[0]
+    reward_tokens = config.max_new_tokens + len(suffix)
+    peak = models.predict_peak_bytes(d, r, rows=config.K * len(plan.prompts), length=config.max_new_tokens,
+                                     reward_tokens=reward_tokens, dtype=dtype)
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    return [
+        f"denoiser      {d.name}: {d.model_class.__name__} (no remote code), {d.config.vocab_size} embedding rows, "
+        f"{len(d.tokenizer)} tokenizer tokens ({type(d.tokenizer).__name__}), context {d.config.max_position_embeddings}"
+        + (f"; config.json's model_type {d.model_type}" if d.model_type else ""),
+        f"  mask {name(ids.mask)} = {ids.mask}; ends {', '.join(f'{name(i)} = {i}' for i in ids.ends)}; pad "
+        + (f"{name(ids.pad)} = {ids.pad}" if ids.pad is not None else "none"),
+        f"reward model  {r.name}: {type(r.config).__name__.replace('Config', '')} sequence classifier, "
+        f"{r.config.num_labels} output, {r.config.vocab_size} embedding rows, {len(r.tokenizer)} tokenizer tokens, "
+        f"context {r.config.max_position_embeddings}",
+        f"vocab bridge  {plan.bridge.tokenizer_size - plan.bridge.unmapped} of {plan.bridge.tokenizer_size} denoiser "
+        f"tokens mapped ({100 * plan.bridge.coverage:.2f} %); unmapped: {shown or 'none'}",
+        f"reward prefix {len(prefix)} tokens: {r.tokenizer.decode(prefix)!r}",
+        f"reward suffix {len(suffix)} tokens: {r.tokenizer.decode(suffix)!r}",
+        f"prompt        {len(plan.prompt_ids[0])} tokens in the denoiser's chat template, + {config.max_new_tokens} new",
+        f"peak memory   {gib(peak['total'])} predicted for K = {config.K}, L = {config.max_new_tokens}, "
+        f"{str(dtype).removeprefix('torch.')}: weights {gib(peak['weights'])} + vocabulary blocks "
+        f"{gib(peak['vocab_blocks'])} + reward activations {gib(peak['reward_activations'])}",
+    ]
+
+
+# --------------------------------------------------------------------------- one generation
+
+
+@dataclasses.dataclass
+class Loaded:
+    """The plan's models with their weights, on `device`, and what guidance reads from them."""
+
+    plan: Plan
+    dllm: torch.nn.Module
+    reward: torch.nn.Module
+    embed_matrix: Tensor  # (V, d) R's embedding rows in the denoiser's vocabulary
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load(plan: Plan, device: torch.device, dtype: torch.dtype) -> Loaded:
+    dllm = models.load_weights(plan.dllm, dtype).to(device)
+    reward = models.load_weights(plan.reward, dtype).to(device)
+    embed_matrix = rewards.bridged_embeddings(reward.get_input_embeddings().weight, plan.bridge)  # (V, d)
+    return Loaded(plan, dllm, reward, embed_matrix, device, dtype)
+
+
+def generate(loaded: Loaded, prompt: str, prompt_ids: list[int], config: SamplingConfig, seed: int,
+             progress: bool) -> dict:
+    """K responses to one prompt, their two rewards, and the diagnostics of the record."""
+    plan, device = loaded.plan, loaded.device
+    prompt_tensor = torch.tensor([prompt_ids], device=device)  # (1, P)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    scorer = rewards.EmbeddingScorer(loaded.reward, plan.reward.tokenizer, [prompt], K=config.K,
+                                     reading=plan.reading)
     weight_log: list[Tensor] = []
     guidance = None
     if config.guided:
-        embed_matrix = rewards.bridged_embeddings(reward.get_input_embeddings().weight, bridge)  # (V, d)
-        scorer = rewards.EmbeddingScorer(reward, reward_tokenizer, [args.prompt], K=config.K, eos_id=eos_id,
-                                         pad_id=dllm_tokenizer.pad_token_id)
-        guidance = sampler.reward_guidance(scorer, embed_matrix, config, generator, weight_log)
+        guidance = sampler.reward_guidance(scorer, loaded.embed_matrix, config, generator, weight_log)
     with torch.no_grad():
-        tokens = sampler.generate(sampler.dream_denoiser(dllm), prompt, torch.ones_like(prompt, dtype=torch.bool),
-                                  config, mask_id=mask_id, eos_id=eos_id, guidance=guidance, generator=generator,
-                                  on_step=progress_bar(config.T, not args.no_progress))[0]  # (K, L)
-    responses = decode_responses(dllm_tokenizer, tokens, eos_id)
-    scores = rewards.score_texts(reward, reward_tokenizer, [args.prompt] * config.K, responses).tolist()
+        tokens = sampler.generate(sampler.dream_denoiser(loaded.dllm), prompt_tensor,
+                                  torch.ones_like(prompt_tensor, dtype=torch.bool), config, mask_id=plan.ids.mask,
+                                  eos_id=list(plan.ids.ends), guidance=guidance, generator=generator,
+                                  on_step=progress_bar(config.T, progress))[0]  # (K, L)
+        token_scores = scorer(loaded.embed_matrix[tokens], tokens)  # (K,) the token sequences as guidance reads them
+    responses = decode_responses(plan.dllm.tokenizer, tokens, plan.ids.ends)
+    scores = rewards.score_texts(loaded.reward, plan.reward.tokenizer, [prompt] * config.K, responses).tolist()
     best = max(range(config.K), key=scores.__getitem__)
+    return {
+        "responses": responses,
+        "rewards": scores,
+        "token_rewards": token_scores.tolist(),
+        "response_tokens": tokens.tolist(),
+        "top1_reward": max(scores),
+        "avgN_reward": sum(scores) / len(scores),
+        "best_response": responses[best],
+        "mean_entropy_weight": torch.stack(weight_log).mean().item() if weight_log else None,
+    }
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def run(args) -> dict:
+    """One experiment from parsed arguments; returns the result record (see README, "Output").
+
+    With --dry-run, returns {"plan": [lines]} without reading any weight.
+    """
+    config = config_from_args(args)
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty")
+    check_seed(args.seed)
+    output = check_output_path(args.output) if args.output is not None and not args.dry_run else None
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    started = time.perf_counter()
+    plan = make_plan(args.dllm, args.reward_model, [args.prompt], config)
+    if args.dry_run:
+        return {"plan": describe_plan(plan, dtype)}
+    loaded = load(plan, device, dtype)
+    result = generate(loaded, args.prompt, plan.prompt_ids[0], config, args.seed, not args.no_progress)
     return {
         "config": {
             **dataclasses.asdict(config), "prompt": args.prompt, "dllm": args.dllm, "reward_model": args.reward_model,
             "seed": args.seed, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__},
+            "versions": versions(),
         },
-        "responses": responses,
-        "rewards": scores,
-        "top1_reward": max(scores),
-        "avgN_reward": sum(scores) / len(scores),
-        "best_response": responses[best],
+        **result,
         "wall_seconds": time.perf_counter() - started,
-        "vocab_bridge": {"coverage": bridge.coverage, "unmapped": bridge.unmapped,
-                         "tokenizer_size": bridge.tokenizer_size},
-        "mean_entropy_weight": torch.stack(weight_log).mean().item() if weight_log else None,
+        "vocab_bridge": {"coverage": plan.bridge.coverage, "unmapped": plan.bridge.unmapped,
+                         "tokenizer_size": plan.bridge.tokenizer_size},
+        "output": str(output) if output is not None else None,
     }
 
 
 def report(result: dict) -> None:
     """Each response with its discrete reward, then Top@1 and Avg@N, on stdout."""
-    for k, (text, score) in enumerate(zip(result["responses"], result["rewards"])):
-        print(f"--- response {k}  reward {score:+.4f}\n{text}")
+    for k, (text, score, tokens) in enumerate(zip(result["responses"], result["rewards"], result["token_rewards"])):
+        print(f"--- response {k}  reward {score:+.4f}  (as tokens {tokens:+.4f})\n{text}")
     print(f"Top@1 {result['top1_reward']:+.4f}   Avg@N {result['avgN_reward']:+.4f}   "
           f"(method {result['config']['method']}, K={result['config']['K']})")
 
@@ -412,11 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except UsageError as error:  # bad input only: any other exception is a bug and keeps its traceback
-        print(f"error: {_first_line(error)}", file=sys.stderr)
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
+    if "plan" in result:
+        print("\n".join(result["plan"]))
+        return 0
     report(result)
-    if args.output is not None:
-        write_json_atomically(args.output, result)
+    output = result.pop("output")
+    if output is not None:
+        write_json_atomically(Path(output), result)
     return 0
 
 

@@ -181,7 +181,7 @@ def generate(
     config: SamplingConfig,
     *,
     mask_id: int,
-    eos_id: int | None,
+    eos_id: int | list[int] | None,
     guidance: Guidance | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, Tensor], None] | None = None,
@@ -211,6 +211,8 @@ def generate(
     fill_prob = (1 - timesteps[1:] / timesteps[:-1]).tolist()[:-1] + [1.0]  # origin's 1 - s/t per step; all at the last
     all_positions = repeat(torch.arange(L, device=device), "l -> n l", n=ids.shape[0])  # (N, L)
     never_drawn = torch.tensor([mask_id], device=device)  # (1,) vocabulary index of the mask token
+    end_ids = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
+                           dtype=torch.long, device=device)  # (E,) the end-of-response tokens
 
     for i in range(T):
         response = ids[:, P:]  # (N, L)
@@ -231,8 +233,8 @@ def generate(
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
             score = confidence(probs if config.confidence == "unguided" else guided_probs, tokens, config.alg)  # (N, n)
-            if config.eos_last and eos_id is not None:
-                score = torch.where(tokens == eos_id, -math.inf, score)
+            if config.eos_last:
+                score = torch.where(torch.isin(tokens, end_ids), -math.inf, score)
             chosen = score.topk(schedule[i][1], dim=-1).indices  # (N, n_fill)
             fill = torch.zeros_like(block_masked).scatter_(1, chosen, True)  # (N, n)
         placed = torch.where(fill, tokens, response.gather(1, positions))  # (N, n) others keep their token

@@ -43,6 +43,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import models  # noqa: E402
 import rewards  # noqa: E402
 import run  # noqa: E402
 import sampler  # noqa: E402
@@ -71,10 +72,10 @@ def build(shape: str, device: torch.device):
     At dream-7b shapes both models read the tiny tokenizer's ids (valid in both vocabularies).
     """
     if shape == "tiny":
-        dllm, dllm_tokenizer = run.tiny_dllm()
-        reward, reward_tokenizer = run.tiny_reward()
+        dllm, dllm_tokenizer = models.tiny_dllm()
+        reward, reward_tokenizer = models.tiny_reward()
         return dllm, dllm_tokenizer, reward, reward_tokenizer, dllm_tokenizer.mask_token_id, torch.float32
-    tokenizer = run.tiny_tokenizer(400)
+    tokenizer = models.tiny_tokenizer(400)
     dtype = torch.bfloat16
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -194,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     prompt_keep = torch.ones_like(prompt, dtype=torch.bool)  # (1, P)
     bridge = rewards.vocab_bridge(tokenizer, reward_tokenizer, dllm.config.vocab_size)
     embed_matrix = rewards.bridged_embeddings(reward.get_input_embeddings().weight, bridge)  # (V, d)
-    scorer = rewards.EmbeddingScorer(reward, reward_tokenizer, [PROMPT], K=K, eos_id=tokenizer.eos_token_id,
-                                     pad_id=tokenizer.pad_token_id)
+    reading = rewards.response_reading(dllm.config.vocab_size, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    scorer = rewards.EmbeddingScorer(reward, reward_tokenizer, [PROMPT], K=K, reading=reading)
     denoise = sampler.dream_denoiser(dllm)
 
     def fresh_generator():

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models  # noqa: E402
 import rewards  # noqa: E402
 import run  # noqa: E402
 
@@ -65,8 +66,8 @@ PROMPTS = [  # different lengths in R's tokens (prefixes of 15, 21 and 37 tokens
 @functools.lru_cache(maxsize=None)
 def tiny():
     """The tiny denoiser tokenizer, reward model and tokenizer, bridge and bridged embeddings (built once)."""
-    dllm, dt = run.tiny_dllm()
-    rm, rt = run.tiny_reward()
+    dllm, dt = models.tiny_dllm()
+    rm, rt = models.tiny_reward()
     rm.requires_grad_(False)
     V = dllm.config.vocab_size
     bridge = rewards.vocab_bridge(dt, rt, V)
@@ -81,8 +82,8 @@ def tiny():
 
 def scorer(prompts, K, *, cache, pad_id=None):
     m = tiny()
-    return rewards.EmbeddingScorer(m.rm, m.rt, prompts, K=K, eos_id=m.eos,
-                                   pad_id=m.pad if pad_id is None else pad_id, cache=cache)
+    reading = rewards.response_reading(m.V, [m.eos], m.pad if pad_id is None else pad_id)
+    return rewards.EmbeddingScorer(m.rm, m.rt, prompts, K=K, reading=reading, cache=cache)
 
 
 def one_hot_embeds(tokens):
@@ -413,7 +414,7 @@ def test_chat_pieces_reassemble_the_chat_template():
 @pytest.mark.parametrize("times", [0, 2])
 def test_chat_pieces_rejects_a_template_without_exactly_one_response(times):
     """A chat template that drops the assistant's text, or repeats it, cannot be split: a one-line ValueError."""
-    tokenizer = run.tiny_tokenizer(260)
+    tokenizer = models.tiny_tokenizer(260)
     tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} "
                                + "{{ m['content'] }}" * times + "<|im_end|>{% endfor %}")
     with pytest.raises(ValueError, match=f"response {times} times, not once"):
@@ -423,7 +424,7 @@ def test_chat_pieces_rejects_a_template_without_exactly_one_response(times):
 def test_scorer_rejects_prompt_dependent_suffix():
     """EmbeddingScorer raises ValueError when R's chat template puts the prompt after the response."""
     m = tiny()
-    tokenizer = run.tiny_tokenizer(260)
+    tokenizer = models.tiny_tokenizer(260)
     tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant {{ m['content'] }}"
         "<|im_end|>{% endif %}{% endfor %}"
@@ -431,6 +432,8 @@ def test_scorer_rejects_prompt_dependent_suffix():
         "{% endif %}{% endfor %}"
     )
     with pytest.raises(ValueError, match="suffix"):
-        rewards.EmbeddingScorer(m.rm, tokenizer, PROMPTS[:2], K=2, eos_id=m.eos, pad_id=m.pad, cache=False)
+        rewards.EmbeddingScorer(m.rm, tokenizer, PROMPTS[:2], K=2, reading=rewards.response_reading(m.V, [m.eos], m.pad),
+                                cache=False)
     # one prompt: nothing to disagree with
-    rewards.EmbeddingScorer(m.rm, tokenizer, PROMPTS[:1], K=2, eos_id=m.eos, pad_id=m.pad, cache=False)
+    rewards.EmbeddingScorer(m.rm, tokenizer, PROMPTS[:1], K=2, reading=rewards.response_reading(m.V, [m.eos], m.pad),
+                                cache=False)

@@ -21,7 +21,7 @@ checkpoints written to disk:
   with the error as the last line (after transformers' own load report); any other
   exception (a ValueError from inside generation) is a bug and propagates with its traceback;
 * a checkpoint in Dream's hub layout (model_type "Dream", remote-code `auto_map`s for the
-  model and the tokenizer, Qwen2 parameter names) loads through `run.load_dream` into
+  model and the tokenizer, Qwen2 parameter names) loads through `models.load_dream` into
   transformers' own Qwen2ForCausalLM without remote code and without prompting for it,
   with exactly the saved weights, Dream's RoPE base, its mask token, tokenizer and chat
   template; `sampler.dream_denoiser` on it equals a directly built Qwen2ForCausalLM run
@@ -50,6 +50,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models  # noqa: E402
 import rewards  # noqa: E402
 import run  # noqa: E402
 import sampler  # noqa: E402
@@ -113,7 +114,7 @@ def dream_checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
 
     directory = tmp_path_factory.mktemp("dream")
-    tokenizer = run.tiny_tokenizer(400)
+    tokenizer = models.tiny_tokenizer(400)
     tokenizer.save_pretrained(directory)
     # Dream's tokenizer_config.json names its own class, loadable only with remote code,
     # and carries the chat template itself (transformers 4.4x layout).
@@ -124,12 +125,12 @@ def dream_checkpoint(tmp_path_factory):
         tokenizer_config["chat_template"] = template.read_text()
         template.unlink()
     else:
-        tokenizer_config["chat_template"] = run.QWEN_CHAT_TEMPLATE
+        tokenizer_config["chat_template"] = models.QWEN_CHAT_TEMPLATE
     tokenizer_config["tokenizer_class"] = "DreamTokenizer"
     tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}
     tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2))
 
-    mask = tokenizer.convert_tokens_to_ids(run.MASK_TOKEN)
+    mask = tokenizer.convert_tokens_to_ids(models.MASK_TOKEN)
     raw = {
         "architectures": ["DreamModel"],
         "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
@@ -145,11 +146,11 @@ def dream_checkpoint(tmp_path_factory):
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
 
     config = qwen2_config(raw)
-    model = run._seeded(7, lambda: transformers.Qwen2ForCausalLM(config))
+    model = models.seeded(7, lambda: transformers.Qwen2ForCausalLM(config))
     with torch.no_grad():  # random biases too, so that a dropped bias would show
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
-                param.copy_(run._seeded(8, lambda: torch.randn(param.shape)) * 0.1)
+                param.copy_(models.seeded(8, lambda: torch.randn(param.shape)) * 0.1)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory, state, raw
@@ -171,12 +172,12 @@ def qwen2_config(raw: dict) -> transformers.Qwen2Config:
 def two_output_reward(tmp_path_factory):
     """A tiny Qwen3 sequence classifier with num_labels=2, saved with its tokenizer."""
     directory = tmp_path_factory.mktemp("reward2")
-    tokenizer = run.tiny_tokenizer(260)
+    tokenizer = models.tiny_tokenizer(260)
     config = transformers.Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, num_labels=2, pad_token_id=tokenizer.pad_token_id,
     )
-    run._seeded(0, lambda: transformers.Qwen3ForSequenceClassification(config)).save_pretrained(directory)
+    models.seeded(0, lambda: transformers.Qwen3ForSequenceClassification(config)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -186,7 +187,7 @@ def templateless_reward(request, tmp_path_factory):
     """A tiny one-output Qwen3 sequence classifier saved with a tokenizer that has no chat template,
     or one that raises when applied (jinja's raise_exception, as real templates do on bad roles)."""
     directory = tmp_path_factory.mktemp(f"reward_template_{request.param}")
-    model, tokenizer = run.tiny_reward()
+    model, tokenizer = models.tiny_reward()
     tokenizer.chat_template = None if request.param == "none" else "{{ raise_exception('roles must alternate') }}"
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -196,27 +197,28 @@ def templateless_reward(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def maskless_denoiser(tmp_path_factory):
     """A tiny Qwen2 checkpoint whose tokenizer has no <|mask|> and no mask_token, config without mask_token_id."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
 
     directory = tmp_path_factory.mktemp("nomask")
-    bpe = Tokenizer(models.BPE())
+    bpe = Tokenizer(BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    specials = [t for t in run.TINY_SPECIALS if t != run.MASK_TOKEN]
-    bpe.train_from_iterator(run.TINY_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+    specials = [t for t in models.TINY_SPECIALS if t != models.MASK_TOKEN]
+    bpe.train_from_iterator(models.TINY_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
                                                                   show_progress=False))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=run.EOS_TOKEN,
-                                                     pad_token=run.EOS_TOKEN)
-    tokenizer.chat_template = run.QWEN_CHAT_TEMPLATE
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=models.EOS_TOKEN,
+                                                     pad_token=models.EOS_TOKEN)
+    tokenizer.chat_template = models.QWEN_CHAT_TEMPLATE
     config = transformers.Qwen2Config(
         vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    run._seeded(0, lambda: transformers.Qwen2ForCausalLM(config)).save_pretrained(directory)
+    models.seeded(0, lambda: transformers.Qwen2ForCausalLM(config)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     saved = json.loads((directory / "config.json").read_text())
-    assert "mask_token_id" not in saved and run.MASK_TOKEN not in tokenizer.get_vocab()
+    assert "mask_token_id" not in saved and models.MASK_TOKEN not in tokenizer.get_vocab()
     assert tokenizer.mask_token is None
     return directory
 
@@ -227,7 +229,7 @@ def maskless_denoiser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_scorer():
     """The tiny reward model, to recompute the discrete rewards of reported responses."""
-    return run.tiny_reward()
+    return models.tiny_reward()
 
 
 def method_argv(method: str) -> list[str]:
@@ -287,7 +289,7 @@ def test_cli_result_record_for_every_method(method, method_runs, tiny_scorer):
     bridge = result["vocab_bridge"]
     assert 0 < bridge["coverage"] <= 1
     assert bridge["coverage"] == pytest.approx(1 - bridge["unmapped"] / bridge["tokenizer_size"])
-    assert bridge["tokenizer_size"] == len(run.tiny_tokenizer(400))
+    assert bridge["tokenizer_size"] == len(models.tiny_tokenizer(400))
     weight = result["mean_entropy_weight"]
     if method == "bon":
         assert weight is None
@@ -296,8 +298,8 @@ def test_cli_result_record_for_every_method(method, method_runs, tiny_scorer):
     assert result["wall_seconds"] > 0
 
     # stdout: each response with its reward, then Top@1 and Avg@N.
-    for k, (text, score) in enumerate(zip(responses, scores)):
-        assert f"--- response {k}  reward {score:+.4f}\n{text}\n" in out
+    for k, (text, score, as_tokens) in enumerate(zip(responses, scores, result["token_rewards"])):
+        assert f"--- response {k}  reward {score:+.4f}  (as tokens {as_tokens:+.4f})\n{text}\n" in out
     assert f"Top@1 {max(scores):+.4f}" in out and f"Avg@N {sum(scores) / K:+.4f}" in out
     assert "denoising" not in err, "progress bar drawn despite --no-progress"
     assert [p.name for p in path.parent.iterdir()] == ["x.json"], "temporary file left beside the output"
@@ -343,7 +345,7 @@ def test_script_entry_point_and_progress_bar(tmp_path):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"denoising [{'#' * 30}] {T}/{T}" in done.stderr
+    assert f"denoising: 100%" in done.stderr and f"| {T}/{T} [" in done.stderr  # tqdm's bar, to the end
     assert "denoising" not in done.stdout
     result = json.loads(output.read_text())
     assert len(result["responses"]) == K
@@ -454,7 +456,7 @@ def test_reward_tokenizer_without_chat_template(templateless_reward, capsys, tmp
                                                 monkeypatch):
     """A reward model whose tokenizer has no (working) chat template is a usage error, raised before its weights load."""
     monkeypatch.setattr(run.sampler, "generate", lambda *a, **k: pytest.fail("generation started"))
-    monkeypatch.setattr(run.AutoModelForSequenceClassification, "from_pretrained",
+    monkeypatch.setattr(models.AutoModelForSequenceClassification, "from_pretrained",
                         lambda *a, **k: pytest.fail("the weights were loaded first"))
     for method in ("entrgi", "bon"):  # bon scores only at the end: the check must still come first
         argv = ["--prompt", PROMPT, *TINY, "--reward-model", str(templateless_reward), "--method", method]
@@ -518,10 +520,10 @@ def test_malformed_denoiser_checkpoint(changes, dream_checkpoint, capsys, tmp_pa
 def test_reward_model_without_a_decoder_and_score_head(tmp_path, capsys, no_remote_code_prompt):
     """A one-output sequence classifier of another layout (GPT-2: no `.model`) cannot be driven by embeddings: exit 2."""
     directory = tmp_path / "gpt2_reward"
-    _, tokenizer = run.tiny_reward()
+    _, tokenizer = models.tiny_reward()
     config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, num_labels=1,
                                      pad_token_id=tokenizer.pad_token_id)
-    run._seeded(0, lambda: transformers.GPT2ForSequenceClassification(config)).save_pretrained(directory)
+    models.seeded(0, lambda: transformers.GPT2ForSequenceClassification(config)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     output = tmp_path / "x.json"
     status, out, err = cli(["--prompt", PROMPT, *TINY, "--reward-model", str(directory), "--output", str(output)],
@@ -561,7 +563,7 @@ def test_script_bad_input(two_output_reward, tmp_path):
 def test_load_dream_layout(dream_checkpoint, no_remote_code_prompt):
     """A Dream-layout checkpoint loads into transformers' Qwen2ForCausalLM with its exact weights, RoPE base, mask token and tokenizer."""
     directory, state, raw = dream_checkpoint
-    model, tokenizer = run.load_dream(str(directory), torch.float32)
+    model, tokenizer = models.load_dream(str(directory), torch.float32)
 
     assert type(model) is transformers.Qwen2ForCausalLM
     assert model.dtype == torch.float32
@@ -572,8 +574,8 @@ def test_load_dream_layout(dream_checkpoint, no_remote_code_prompt):
     assert model.config.rope_parameters["rope_theta"] == raw["rope_theta"]
     assert model.config.vocab_size == raw["vocab_size"] and model.config.max_position_embeddings == 512
 
-    mask = run.mask_token_id(tokenizer, model)
-    assert mask == raw["mask_token_id"] == tokenizer.convert_tokens_to_ids(run.MASK_TOKEN)
+    mask = models.token_ids(tokenizer, model.config).mask
+    assert mask == raw["mask_token_id"] == tokenizer.convert_tokens_to_ids(models.MASK_TOKEN)
     assert tokenizer.eos_token_id == raw["eos_token_id"]
     text = "The quick brown fox jumps over the lazy dog."
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -587,8 +589,8 @@ def test_load_dream_layout(dream_checkpoint, no_remote_code_prompt):
 def test_dream_denoiser_equals_bidirectional_qwen2(dream_checkpoint):
     """dream_denoiser on the loaded model = a directly built Qwen2 with a full bidirectional mask, shifted right by one."""
     directory, state, raw = dream_checkpoint
-    model, _ = run.load_dream(str(directory), torch.float32)
-    reference = run._seeded(99, lambda: transformers.Qwen2ForCausalLM(qwen2_config(raw))).eval()
+    model, _ = models.load_dream(str(directory), torch.float32)
+    reference = models.seeded(99, lambda: transformers.Qwen2ForCausalLM(qwen2_config(raw))).eval()
     reference.load_state_dict(state, strict=True)
 
     N, P, S = 2, 5, 13
