@@ -390,11 +390,11 @@ def parameter_count(checkpoint: Checkpoint) -> int:
 
 # The live (N, L, V) float32 blocks at the end of a reward forward (the step's peak): phi 1, Adam's
 # two states 2, the unguided q 1, the denoiser's bfloat16 logits 0.5, sundry 0.07 (a live-tensor count
-# at V = 151936, benchmarks/RESULTS.md). The reward model's saved activations per token and layer: 10.8
+# at V = 151936, benchmarks/RESULTS.md). The reward model's saved activations per token and layer: 11.0
 # values per (hidden + intermediate) unit -- 2.45 GiB at Skywork-1.7B, 4 x 130 tokens, 28 layers, bf16,
 # measured once on an H100 (the peak 22.47 GiB less the weights and the blocks).
 VOCAB_BLOCKS = 4.57
-REWARD_ACTIVATION_VALUES = 10.8
+REWARD_ACTIVATION_VALUES = 11.0
 
 
 def predict_peak_bytes(dllm: Checkpoint, reward: Checkpoint, *, rows: int, length: int, reward_tokens: int,
