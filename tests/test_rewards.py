@@ -1,6 +1,6 @@
-"""Tests of `rewards`: the bridge from denoiser tokens to the reward model R (SPEC §2-§3).
+"""Tests of `rewards`: the bridge from denoiser tokens to the reward model R (README, "What R reads").
 
-What they prove, on the tiny seeded models of `run.py` (a Qwen2 denoiser whose byte-level
+What they prove, on the tiny seeded models of `models.py` (a Qwen2 denoiser whose byte-level
 BPE tokenizer has 308 tokens and whose embedding has 320 rows; a Qwen3 sequence classifier
 with its own, smaller 260-token tokenizer, so the bridge has unmapped tokens):
 
@@ -8,7 +8,7 @@ with its own, smaller 260-token tokenizer, so the bridge has unmapped tokens):
   same tokens read through R's chat template ([prefix | response up to its first EOS,
   pads dropped | suffix]) -- with and without the prefix cache, for responses that end
   early (also at position 0: the empty response), contain pads, and for batches of prompts
-  of different lengths (SPEC §3 pitfall: the score is read at the last real token and
+  of different lengths (the pitfall of a classifier fed embeddings: the score is read at the last real token and
   position ids skip excluded positions);
 * the cached score and its gradient equal the uncached ones;
 * the score is differentiable in the embeddings, with gradient exactly zero at excluded
@@ -437,3 +437,45 @@ def test_scorer_rejects_prompt_dependent_suffix():
     # one prompt: nothing to disagree with
     rewards.EmbeddingScorer(m.rm, tokenizer, PROMPTS[:1], K=2, reading=rewards.response_reading(m.V, [m.eos], m.pad),
                                 cache=False)
+
+
+# --------------------------------------------------------------------------- what R reads of a response
+
+
+def reference_keep(row: list[int], end: set, hidden: set, newline: set) -> list[bool]:
+    """Plain Python: before the first end token, not hidden, and not a leading newline among the shown tokens."""
+    keep, started = [], False
+    for t in row:
+        if t in end:
+            return keep + [False] * (len(row) - len(keep))
+        shown = t not in hidden
+        started = started or (shown and t not in newline)
+        keep.append(shown and started)
+    return keep
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), V=st.integers(3, 12), N=st.integers(1, 4), L=st.integers(1, 12),
+       share=st.sampled_from([0.1, 0.3, 0.6]))
+def test_response_reading_keep_matches_its_definition(seed, V, N, L, share):
+    """ResponseReading.keep = before the first end, not hidden, at or after the first shown non-newline."""
+    gen = torch.Generator().manual_seed(seed)
+    tables = [torch.rand(V, generator=gen) < share for _ in range(3)]  # end, hidden, newline
+    reading = rewards.ResponseReading(*tables)
+    tokens = torch.randint(V, (N, L), generator=gen)
+    sets = [set(torch.nonzero(t).flatten().tolist()) for t in tables]
+    expected = torch.tensor([reference_keep(row, *sets) for row in tokens.tolist()])
+    assert torch.equal(reading.keep(tokens), expected)
+
+
+def test_response_reading_tables_from_the_tokenizer():
+    """Hidden: the pad, unmapped tokens and the added tokens decoding drops; newline: tokens that decode to newlines."""
+    m = tiny()
+    reading = rewards.response_reading(m.V, [m.eos], m.pad, m.dt, m.bridge)
+    assert reading.end.nonzero().flatten().tolist() == [m.eos]
+    dropped = {i for i in m.dt.added_tokens_decoder if m.dt.decode([i], skip_special_tokens=True) == ""}
+    expected_hidden = dropped | {m.pad} | {i for i in range(m.V) if m.bridge.index[i] < 0}
+    assert set(reading.hidden.nonzero().flatten().tolist()) == expected_hidden
+    assert {m.dt.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|mask|>")} <= expected_hidden
+    lines = [i for i in range(len(m.dt)) if set(m.dt.decode([i])) == {"\n"}]
+    assert reading.newline.nonzero().flatten().tolist() == lines

@@ -710,3 +710,16 @@ def test_help_text(capsys):
     assert flat.count("default: off") == 1 and "--top-k" in flat
     parser = run.build_parser()
     assert all(action.help for action in parser._actions), [a.dest for a in parser._actions if not a.help]
+
+
+def test_decode_responses_stops_at_the_first_end_token():
+    """Each row's text ends before its first end token, whichever of the end set it is; specials dropped."""
+    tokenizer = models.tiny_tokenizer(400)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    im_end, endoftext = (tokenizer.convert_tokens_to_ids(t) for t in models.END_TOKENS)
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    rows = [encode("the sea") + [im_end] + encode(" more"), encode("the") + [im_start] + encode(" sun") + [endoftext],
+            encode("no end at all")]
+    width = max(map(len, rows))
+    tokens = torch.tensor([r + [endoftext] * (width - len(r)) for r in rows])
+    assert run.decode_responses(tokenizer, tokens, [im_end, endoftext]) == ["the sea", "the sun", "no end at all"]
