@@ -114,17 +114,40 @@ class SamplingConfig:
 # --------------------------------------------------------------------------- schedule
 
 
+def step_ratios(steps: int, eps: float = 1e-3) -> Tensor:
+    """1 - s / t for t, s = timesteps[i], timesteps[i + 1], i = 0..steps-1. (T,) float32, on the host.
+
+    timesteps = linspace(1, eps, steps + 1) in float32, and the ratio in float32, exactly as
+    Dream's sampler computes them (`generation_utils.py`: torch tensors, default dtype).
+    """
+    timesteps = torch.linspace(1, eps, steps + 1)  # (T + 1,) float32
+    return 1 - timesteps[1:] / timesteps[:-1]  # (T,) float32
+
+
+def origin_fill_probs(steps: int, eps: float = 1e-3) -> Tensor:
+    """`origin`'s probability of filling a mask at step i: 1 - s / t, and 1 at the last step. (T,) float32, host.
+
+    Dream's sampler: `p_transfer = 1 - s / t if i < steps - 1 else 1`, compared with a float32
+    uniform draw; the same float32 ratios as `unmask_schedule`.
+    """
+    probs = step_ratios(steps, eps)  # (T,) float32
+    probs[-1] = 1.0  # every remaining mask is filled at the last step
+    return probs
+
+
 def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[int, int]]:
     """(masks before step i, masks filled at step i) for i = 0..steps-1, computed on the host.
 
-    n_fill = floor(n_masked * (1 - s / t)) with t, s consecutive entries of
-    linspace(1, eps, steps + 1) in float32 (as Dream computes it); the last step fills the rest.
+    n_fill = floor(n_masked * (1 - s / t)) for i < T - 1, and n_masked at the last step.
+    Computed exactly as Dream's sampler does, `int(num_mask_token * (1 - s / t))` with torch
+    tensors: the count times the float32 ratio is a float32 product, truncated. (Rounding
+    the product in float64 instead gives, e.g., 110 * 0.0636364 = 6.99999988 -> 6 where
+    Dream's float32 product is 7.0 -> 7: L = 110, T = 11, eps = 0.3.)
     """
-    timesteps = torch.linspace(1, eps, steps + 1)  # (T + 1,) float32
+    ratios = step_ratios(steps, eps)  # (T,) float32, host tensor: no device sync
     n_masked, schedule = length, []
     for i in range(steps):
-        ratio = (1 - timesteps[i + 1] / timesteps[i]).item()  # host tensor: no device sync
-        n_fill = n_masked if i == steps - 1 else int(n_masked * ratio)
+        n_fill = n_masked if i == steps - 1 else int(torch.tensor(n_masked) * ratios[i])  # int64 * float32 -> float32
         schedule.append((n_masked, n_fill))
         n_masked -= n_fill
     return schedule
@@ -207,8 +230,7 @@ def generate(
     ], dim=1)  # (N, S)
     origin = config.alg == "origin"
     schedule = None if origin else unmask_schedule(L, T, config.eps)
-    timesteps = torch.linspace(1, config.eps, T + 1)  # (T + 1,) float32, host
-    fill_prob = (1 - timesteps[1:] / timesteps[:-1]).tolist()[:-1] + [1.0]  # origin's 1 - s/t per step; all at the last
+    fill_prob = origin_fill_probs(T, config.eps).to(device)  # (T,) float32: origin's 1 - s/t per step; 1 at the last
     all_positions = repeat(torch.arange(L, device=device), "l -> n l", n=ids.shape[0])  # (N, L)
     never_drawn = torch.tensor([mask_id], device=device)  # (1,) vocabulary index of the mask token
 

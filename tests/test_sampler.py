@@ -46,6 +46,7 @@ from sampler import (
     generate,
     llada_denoiser,
     masked_positions,
+    origin_fill_probs,
     reward_guidance,
     token_probs,
     unmask_schedule,
@@ -305,6 +306,44 @@ def test_unmask_schedule_recomputed(L, T, eps):
     assert n == 0
     assert sum(f for _, f in schedule) == L
     assert schedule[-1][1] == schedule[-1][0]
+
+
+def test_unmask_schedule_float32_product_pinned():
+    """L = 110, T = 11, eps = 0.3: Dream's float32 product 110 * (1 - s/t) is 7.0, so step 0 fills 7
+    (a float64 product of the same float32 ratio is 6.99999988 and would fill 6)."""
+    ts = torch.linspace(1, 0.3, 12)
+    ratio = 1 - ts[1] / ts[0]  # float32
+    assert int(torch.tensor(110) * ratio) == 7 and int(110 * ratio.item()) == 6  # the two roundings disagree here
+    schedule = unmask_schedule(110, 11, 0.3)
+    assert schedule[0] == (110, 7) and schedule[1] == (103, 6)
+    assert sum(f for _, f in schedule) == 110
+
+
+def test_origin_fill_probs_are_the_schedule_ratios_and_one_at_the_end():
+    """origin_fill_probs: float32 1 - s/t on float32 linspace(1, eps, T + 1) for i < T - 1, exactly 1.0 at the last step."""
+    for T, eps in [(1, 1e-3), (2, 0.5), (11, 0.3), (128, 1e-3)]:
+        probs = origin_fill_probs(T, eps)
+        ts = torch.linspace(1, eps, T + 1, dtype=torch.float32)
+        assert probs.dtype == torch.float32 and probs.shape == (T,)
+        assert probs[-1].item() == 1.0
+        for i in range(T - 1):
+            assert probs[i].item() == (1 - ts[i + 1] / ts[i]).item()
+        if T > 1:
+            assert (probs[:-1] < 1).all()
+
+
+@pytest.mark.parametrize("T", [2, 3, 5])
+def test_origin_fills_every_remaining_mask_at_the_last_step(T):
+    """origin with eps = 0.5 (the last ratio 1 - s/t is only 0.25-0.4): masks remain before the last step in
+    every row, and the last step fills all of them (probability 1, not 1 - s/t)."""
+    L = 12
+    cfg = config(alg="origin", max_new_tokens=L, T=T, eps=0.5)
+    for seed in range(3):
+        out, steps = run(ToyDenoiser(seed), cfg, seed=seed)
+        P = steps[0].shape[1] - L
+        before_last = steps[-2][:, P:] if T > 1 else initial_ids(cfg)[:, P:]
+        assert ((before_last == MASK_ID).sum(1) >= 3).all()  # plenty left for the last step to fill
+        assert not (out == MASK_ID).any()
 
 
 def test_unmask_schedule_worked_example():
