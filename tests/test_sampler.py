@@ -515,6 +515,37 @@ def test_guidance_zero_steps_is_unguided(alg, source):
     assert score(guided3) > score(unguided)
 
 
+@pytest.mark.parametrize("alg", ["origin", "entropy"])
+def test_weight_log_is_the_mean_entropy_weight_over_the_masked_positions(alg):
+    """weight_log gets, at every step, the mean over the block's *masked* positions of w = H(softmax(phi)) / log V
+    of the unguided logits, computed here independently in float64. With `origin` the block is the whole
+    response, unmasked positions included, and their mean differs: averaging over the block fails this."""
+    embed_matrix, score_embeds = linear_reward()
+    cfg = config(alg=alg, method="entrgi", M=1, eta=1.0, max_new_tokens=8, T=5)
+    log: list[torch.Tensor] = []
+    inner = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(2), weight_log=log)
+    seen = []
+
+    def recording(logits, probs, masked, positions, response):
+        seen.append((logits.double(), masked.clone()))
+        return inner(logits, probs, masked, positions, response)
+
+    block_mean_differs = False
+    for seed in range(3):
+        log.clear(), seen.clear()
+        run(ToyDenoiser(seed), cfg, seed=seed, guidance=recording)
+        assert len(log) == len(seen) == cfg.T
+        for logged, (logits, masked) in zip(log, seen):
+            q = torch.softmax(logits, -1)  # (N, n, V) float64
+            w = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(V)  # (N, n)
+            if not masked.any():
+                continue  # no masked position: no mean to check
+            expect = w[masked].mean()
+            assert logged.shape == () and abs(float(logged) - float(expect)) < 1e-6, (float(logged), float(expect))
+            block_mean_differs |= abs(float(w.mean()) - float(expect)) > 1e-3
+    assert block_mean_differs == (alg == "origin")
+
+
 @pytest.mark.parametrize("top_p,top_k", [(0.8, None), (0.9, 5)])
 def test_guidance_first_draw_is_the_unguided_token_probs(top_p, top_k):
     """The hook receives token_probs(logits) (filtered at tau, not renormalised) and its first draw from them
@@ -674,6 +705,29 @@ def test_confidence_distributions_differ_and_the_defaults_are_the_authors(alg):
             for a, b in differs:
                 differs[a, b] |= not torch.equal(choices[a], choices[b])
     assert all(differs.values()), differs
+
+
+@settings(max_examples=20, deadline=None)
+@given(alg=algs, source=st.sampled_from(CONFIDENCE_SOURCES), T=st.integers(1, 5), top_p=st.sampled_from([0.5, 0.8]),
+       top_k=st.sampled_from([None, 6]), seed=seeds)
+def test_guided_tokens_lie_in_the_filtered_guided_nucleus(alg, source, T, top_p, top_k, seed):
+    """Under guidance every token placed at every step has positive mass in filter(softmax(phi_guided / tau)),
+    the guided logits the hook returned at that step (drawing from the unfiltered guided softmax fails this)."""
+    L = 8
+    cfg = config(alg=alg, confidence=source, max_new_tokens=L, T=T, top_p=top_p, top_k=top_k, temperature=1.0)
+    records, steps = _run_recorded(cfg, seed, seed % 5)
+    P = steps[0].shape[1] - L
+    prev = initial_ids(cfg)[:, P:]  # (N, L)
+    outside = 0
+    for rec, ids in zip(records, steps):
+        positions = rec["positions"]  # (N, n)
+        support = filter_probs(torch.softmax(rec["guided"] / cfg.temperature, -1), top_p, top_k) > 0  # (N, n, V)
+        placed = ids[:, P:].gather(1, positions)  # (N, n)
+        new = (prev.gather(1, positions) == MASK_ID) & (placed != MASK_ID)  # (N, n)
+        assert support.gather(-1, placed.unsqueeze(-1)).squeeze(-1)[new].all()
+        outside += int((~support).any(-1)[new].sum())  # the filter excludes something wherever we place
+        prev = ids[:, P:]
+    assert outside > 0
 
 
 # --------------------------------------------------------------------------- helpers of the sampler
