@@ -1,24 +1,44 @@
 """Masked (absorbing-state) diffusion sampling, Dream's way, with an optional guidance hook.
 
-SPEC §2, "Unmasking". A response of L tokens starts as L mask tokens; over T steps some
-masks are replaced by sampled tokens, and a token once placed never changes:
+The unmasking loop of Dream's sampler (Dream's `generation_utils.py`), with the guidance
+and confidence choices of the authors' released EntRGi code (arXiv 2602.05000). A response
+of L tokens starts as L mask tokens; over T steps some masks are replaced by sampled tokens,
+and a token once placed never changes:
 
-    timesteps = linspace(1, eps, T + 1)          t = timesteps[i], s = timesteps[i + 1]
-    n_fill(i) = floor(n_masked * (1 - s / t))    for i < T - 1;  n_fill(T - 1) = n_masked
-    phi       = denoiser logits at the masked positions, mask token at -inf   (guided by the hook, if any)
-    x         ~ filter(softmax(phi / tau))        filter = top-p / top-k, renormalised;  tau = 0 is argmax
-    c         = confidence of each draw           maskgit_plus: q(x);  topk_margin: q_(1) - q_(2);
-                                                  entropy: -H(q)  (q = filter(softmax(phi / tau)), renormalised)
-    fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last).
+    timesteps = linspace(1, eps, T + 1)          t = timesteps[i], s = timesteps[i + 1]   (float32)
+    n_fill(i) = floor(n_masked * (1 - s / t))    for i < T - 1;  n_fill(T - 1) = n_masked   (float32 product)
+    phi       = denoiser logits at the masked positions, mask token at -inf
+    phi_g     = guidance(phi)                    the guided logits (phi_g = phi without a hook, or with M = 0)
+    p         = softmax(phi / tau)               unguided, unfiltered;  tau = 0 means no scaling (greedy)
+    q         = filter(softmax(phi_g / tau))     filter = top-p / top-k, renormalised: the draw distribution
+    x         ~ q                                argmax q when tau = 0
+    c         = confidence of each position      maskgit_plus: r(x);  topk_margin: r_(1) - r_(2);  entropy: -H(r)
+    fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last: `eos_last`,
+    from the authors' EntRGi code; Dream's sampler has no EOS rule).
+
+Which distribution r the confidence reads is `SamplingConfig.confidence`:
+
+    authors  (default)  entropy: r = p (unguided, unfiltered);  maskgit_plus, topk_margin: r = q
+                        -- the authors' released EntRGi code, which produced the published numbers
+    filtered            every alg: r = q, the distribution the token is drawn from
+                        -- Dream's sampler, and the authors' bon.py (their Best-of-N baseline)
+    unguided            every alg: r = filter(softmax(phi / tau)), renormalised (q of the unguided logits)
+
+Without guidance (`bon`) q is the unguided filter(softmax(phi / tau)), so `filtered` and
+`unguided` coincide, and `authors` still reads p for `entropy`: `bon` uses exactly the
+confidence that guidance with M = 0 uses, so M = 0 reproduces `bon` bit for bit (the
+authors' bon.py instead reads q for `entropy`: `confidence="filtered"` reproduces it).
+p costs no extra pass over the vocabulary: it is the softmax that q's filter starts from.
 
 The mask token itself is never drawn: its logit is set to -inf (MDLM's zero masking
 probability). A drawn mask would leave its position masked, so the row would fall out of
 step with the schedule and could end with a mask in the response; a trained denoiser gives
-it next to no mass, but the tiny random ones do not.
+it next to no mass, but the tiny random ones do not. (Dream's sampler can draw it.)
 
-`origin` instead fills each mask independently with probability 1 - s/t (all at the
-last step). Because every row starts with L masks and, except for `origin`, fills the
-same number per step, the number of masks per row at every step is known on the host
+`origin` instead fills each mask independently with probability 1 - s/t, and every
+remaining one at the last step (probability 1), as Dream's sampler does; it reads no
+confidence. Because every row starts with L masks and, except for `origin`, fills the same
+number per step, the number of masks per row at every step is known on the host
 before sampling starts (`unmask_schedule`): each step works on a fixed-shape block of
 exactly the masked positions, with no host synchronisation in the loop.
 
@@ -46,7 +66,16 @@ from torch import Tensor
 from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
-CONFIDENCE_SOURCES = ("unguided", "guided")
+CONFIDENCE_SOURCES = ("authors", "filtered", "unguided")
+CONFIDENCE_READS = {
+    # source -> alg -> the distribution the confidence reads (see the module docstring):
+    #   "unfiltered": softmax(phi / tau) of the unguided logits, no top-p / top-k
+    #   "drawn":      the filtered, renormalised distribution the token was drawn from (the guided one under guidance)
+    #   "unguided":   filter(softmax(phi / tau)) of the unguided logits, renormalised
+    "authors": {"entropy": "unfiltered", "maskgit_plus": "drawn", "topk_margin": "drawn"},
+    "filtered": {"entropy": "drawn", "maskgit_plus": "drawn", "topk_margin": "drawn"},
+    "unguided": {"entropy": "unguided", "maskgit_plus": "unguided", "topk_margin": "unguided"},
+}
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 Guidance = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -56,30 +85,47 @@ logits: the denoiser's, the mask token's at -inf. probs = token_probs(logits): t
 sampling distribution, which the sampler has computed anyway."""
 
 
+RELEASED = "the authors' released configuration (the paper's experimental setup)"
+
+
 def _option(default, help: str, source: str, **extra):
     return field(default=default, metadata={"help": help, "source": source, **extra})
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Every hyper-parameter of one guided generation. Defaults: the published runs (SPEC §2)."""
+    """Every hyper-parameter of one guided generation. Defaults: the authors' released configuration.
+
+    Each field's metadata holds `help`, `source` (where its default, or the option itself,
+    comes from) and, for a closed set of values, `choices`.
+    """
 
     method: str = _option("entrgi", "guidance: entrgi | aps (w=1) | expectation (w=0) | bon (unguided)",
-                          "paper §3; SPEC §1", choices=METHODS + ("bon",))
-    K: int = _option(4, "trajectories per prompt (N in Best-of-N)", "SPEC §2 published defaults")
-    T: int = _option(128, "denoising steps", "SPEC §2 published defaults")
-    M: int = _option(3, "guidance (Adam) steps per denoising step", "SPEC §2 published defaults")
-    eta: float = _option(0.5, "Adam learning rate on the logits", "SPEC §2 published defaults")
-    max_new_tokens: int = _option(128, "response length L", "SPEC §2 published defaults")
-    temperature: float = _option(0.7, "sampling temperature tau (0 = greedy, unguided only)",
-                                 "SPEC §2 published defaults")
-    top_p: float = _option(0.95, "nucleus mass kept when sampling tokens", "SPEC §2 published defaults")
-    top_k: int | None = _option(None, "keep only the k most likely tokens (default: off)", "Dream sampler")
-    alg: str = _option("entropy", "unmasking confidence", "Dream sampler; SPEC §2", choices=ALGORITHMS)
-    confidence: str = _option("unguided", "logits the confidence is computed from",
-                              "authors' released runs; SPEC §2", choices=CONFIDENCE_SOURCES)
-    eos_last: bool = _option(True, "de-prioritise EOS: confidence -inf for EOS draws", "Dream sampler; SPEC §2")
-    eps: float = _option(1e-3, "final timestep of the schedule", "Dream sampler")
+                          "the paper (arXiv 2602.05000): EntRGi and the baselines it is compared with",
+                          choices=METHODS + ("bon",))
+    K: int = _option(4, "trajectories per prompt (N in Best-of-N)", RELEASED)
+    T: int = _option(128, "denoising steps", RELEASED)
+    M: int = _option(3, "guidance (Adam) steps per denoising step", RELEASED)
+    eta: float = _option(0.5, "Adam learning rate on the logits", RELEASED)
+    max_new_tokens: int = _option(128, "response length L", RELEASED)
+    temperature: float = _option(0.7, "sampling temperature tau (0 = greedy, unguided only)", RELEASED)
+    top_p: float = _option(0.95, "nucleus mass kept when sampling tokens", RELEASED)
+    top_k: int | None = _option(None, "keep only the k most likely tokens (default: off)", "Dream's sampler")
+    alg: str = _option("entropy", "unmasking confidence", f"the algorithms: Dream's sampler; the default: {RELEASED}",
+                       choices=ALGORITHMS)
+    confidence: str = _option(
+        "authors",
+        "distribution the unmasking confidence reads: "
+        "authors = per alg as the authors' EntRGi code: entropy from the unguided, unfiltered softmax(phi/tau), "
+        "maskgit_plus and topk_margin from the filtered, renormalised distribution the token is drawn from "
+        "(guided under guidance) | "
+        "filtered = every alg from the distribution the token is drawn from (Dream's sampler, the authors' bon.py) | "
+        "unguided = every alg from the unguided logits' filtered, renormalised distribution",
+        "authors: the authors' released EntRGi code; filtered: Dream's sampler and the authors' bon.py; "
+        "unguided: no reference, a variant kept for comparison",
+        choices=CONFIDENCE_SOURCES)
+    eos_last: bool = _option(True, "de-prioritise EOS: confidence -inf for EOS draws", "the authors' released EntRGi code")
+    eps: float = _option(1e-3, "final timestep of the schedule", "Dream's sampler")
 
     @property
     def guided(self) -> bool:
@@ -114,17 +160,40 @@ class SamplingConfig:
 # --------------------------------------------------------------------------- schedule
 
 
+def step_ratios(steps: int, eps: float = 1e-3) -> Tensor:
+    """1 - s / t for t, s = timesteps[i], timesteps[i + 1], i = 0..steps-1. (T,) float32, on the host.
+
+    timesteps = linspace(1, eps, steps + 1) in float32, and the ratio in float32, exactly as
+    Dream's sampler computes them (`generation_utils.py`: torch tensors, default dtype).
+    """
+    timesteps = torch.linspace(1, eps, steps + 1)  # (T + 1,) float32
+    return 1 - timesteps[1:] / timesteps[:-1]  # (T,) float32
+
+
+def origin_fill_probs(steps: int, eps: float = 1e-3) -> Tensor:
+    """`origin`'s probability of filling a mask at step i: 1 - s / t, and 1 at the last step. (T,) float32, host.
+
+    Dream's sampler: `p_transfer = 1 - s / t if i < steps - 1 else 1`, compared with a float32
+    uniform draw; the same float32 ratios as `unmask_schedule`.
+    """
+    probs = step_ratios(steps, eps)  # (T,) float32
+    probs[-1] = 1.0  # every remaining mask is filled at the last step
+    return probs
+
+
 def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[int, int]]:
     """(masks before step i, masks filled at step i) for i = 0..steps-1, computed on the host.
 
-    n_fill = floor(n_masked * (1 - s / t)) with t, s consecutive entries of
-    linspace(1, eps, steps + 1) in float32 (as Dream computes it); the last step fills the rest.
+    n_fill = floor(n_masked * (1 - s / t)) for i < T - 1, and n_masked at the last step.
+    Computed exactly as Dream's sampler does, `int(num_mask_token * (1 - s / t))` with torch
+    tensors: the count times the float32 ratio is a float32 product, truncated. (Rounding
+    the product in float64 instead gives, e.g., 110 * 0.0636364 = 6.99999988 -> 6 where
+    Dream's float32 product is 7.0 -> 7: L = 110, T = 11, eps = 0.3.)
     """
-    timesteps = torch.linspace(1, eps, steps + 1)  # (T + 1,) float32
+    ratios = step_ratios(steps, eps)  # (T,) float32, host tensor: no device sync
     n_masked, schedule = length, []
     for i in range(steps):
-        ratio = (1 - timesteps[i + 1] / timesteps[i]).item()  # host tensor: no device sync
-        n_fill = n_masked if i == steps - 1 else int(n_masked * ratio)
+        n_fill = n_masked if i == steps - 1 else int(torch.tensor(n_masked) * ratios[i])  # int64 * float32 -> float32
         schedule.append((n_masked, n_fill))
         n_masked -= n_fill
     return schedule
@@ -133,13 +202,21 @@ def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[in
 # --------------------------------------------------------------------------- one step
 
 
-def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
-    """filter(softmax(phi / tau)): zeros outside the nucleus, not renormalised; tau = 0 means no scaling (greedy).
+def token_distributions(logits: Tensor, temperature: float, top_p: float | None,
+                        top_k: int | None) -> tuple[Tensor, Tensor]:
+    """p = softmax(phi / tau) and filter(p): zeros outside the nucleus, not renormalised; tau = 0: no scaling.
 
-    (..., V) -> (..., V) float32.
+    (..., V) -> (..., V), (..., V) float32. One softmax: the filter starts from p (and is p
+    itself when top_p = 1 and top_k is off).
     """
     scaled = logits.float() / temperature if temperature > 0 else logits.float()  # (..., V)
-    return filter_probs(torch.softmax(scaled, dim=-1), top_p, top_k)
+    unfiltered = torch.softmax(scaled, dim=-1)  # (..., V)
+    return unfiltered, filter_probs(unfiltered, top_p, top_k)  # (..., V), (..., V)
+
+
+def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
+    """filter(softmax(phi / tau)), not renormalised: the distribution tokens are drawn from. (..., V) -> (..., V)."""
+    return token_distributions(logits, temperature, top_p, top_k)[1]
 
 
 def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -149,9 +226,14 @@ def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator 
     return sample_categorical(probs, generator)
 
 
-def confidence(probs: Tensor, tokens: Tensor, alg: str) -> Tensor:
-    """Dream's unmasking confidence of drawing `tokens` from q = probs / sum(probs). (..., V), (...) -> (...)."""
-    probs = probs / probs.sum(-1, keepdim=True)  # (..., V) renormalised after filtering
+def confidence(probs: Tensor, tokens: Tensor | None, alg: str, normalised: bool = False) -> Tensor:
+    """Dream's unmasking confidence of drawing `tokens` from r = probs / sum(probs). (..., V), (...) -> (...).
+
+    maskgit_plus: r(x);  topk_margin: r_(1) - r_(2);  entropy: -H(r) (`tokens` unused, may be None).
+    normalised=True: `probs` already sums to 1 (an unfiltered softmax), so it is read as it is.
+    """
+    if not normalised:
+        probs = probs / probs.sum(-1, keepdim=True)  # (..., V) renormalised after filtering
     if alg == "maskgit_plus":
         return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if alg == "topk_margin":
@@ -190,8 +272,11 @@ def generate(
 
     prompt_ids (B, P) long, prompt_keep (B, P) bool (False at left padding). `guidance`,
     if given, maps the denoiser's logits at the masked positions to guided logits at every
-    step; the unmasking confidence then comes from the unguided logits or the guided ones
-    (config.confidence). `on_step(i, ids (N, S))` is called after each step.
+    step, and tokens are drawn from filter(softmax(guided / tau)); the unmasking confidence
+    reads the distribution `config.confidence` names for `config.alg` (CONFIDENCE_READS; the
+    module docstring). `eos_id` is the end-of-response token id, or a list of them (Dream-
+    Instruct ends with `<|im_end|>` and pads with `<|endoftext|>`): with `config.eos_last` a
+    draw of any gets confidence -inf. `on_step(i, ids (N, S))` is called after each step.
     All randomness comes from `generator`.
     """
     K, L, T = config.K, config.max_new_tokens, config.T
@@ -206,9 +291,9 @@ def generate(
         torch.ones(ids.shape[0], L, dtype=torch.bool, device=device),
     ], dim=1)  # (N, S)
     origin = config.alg == "origin"
+    reads = None if origin else CONFIDENCE_READS[config.confidence][config.alg]  # the distribution c reads
     schedule = None if origin else unmask_schedule(L, T, config.eps)
-    timesteps = torch.linspace(1, config.eps, T + 1)  # (T + 1,) float32, host
-    fill_prob = (1 - timesteps[1:] / timesteps[:-1]).tolist()[:-1] + [1.0]  # origin's 1 - s/t per step; all at the last
+    fill_prob = origin_fill_probs(T, config.eps).to(device)  # (T,) float32: origin's 1 - s/t per step; 1 at the last
     all_positions = repeat(torch.arange(L, device=device), "l -> n l", n=ids.shape[0])  # (N, L)
     never_drawn = torch.tensor([mask_id], device=device)  # (1,) vocabulary index of the mask token
     end_ids = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
@@ -221,7 +306,11 @@ def generate(
         block_masked = masked.gather(1, positions)  # (N, n)
         logits = denoise(ids, keep, positions + P)  # (N, n, V) in the denoiser's dtype: consumers upcast
         logits = logits.index_fill(-1, never_drawn, -math.inf)  # (N, n, V) a copy: the denoiser's output is its own
-        probs = token_probs(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) unguided q
+        unfiltered, probs = token_distributions(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) x2
+        score = None  # (N, n) confidence, once known
+        if reads == "unfiltered":  # -H(softmax(phi / tau)) of the unguided logits, before guidance moves them
+            score = confidence(unfiltered, None, config.alg, normalised=True)  # (N, n)
+        del unfiltered  # only the filtered copy (the draw's, and the hook's) lives on through guidance
         guided_probs = probs  # (N, n, V)
         if guidance is not None:
             guided = guidance(logits, probs, block_masked, positions, response)  # (N, n, V)
@@ -232,9 +321,10 @@ def generate(
             draw = torch.rand(block_masked.shape, generator=generator, device=device)  # (N, n)
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
-            score = confidence(probs if config.confidence == "unguided" else guided_probs, tokens, config.alg)  # (N, n)
+            if score is None:
+                score = confidence(guided_probs if reads == "drawn" else probs, tokens, config.alg)  # (N, n)
             if config.eos_last:
-                score = torch.where(torch.isin(tokens, end_ids), -math.inf, score)
+                score = torch.where(torch.isin(tokens, end_ids), -math.inf, score)  # (N, n)
             chosen = score.topk(schedule[i][1], dim=-1).indices  # (N, n_fill)
             fill = torch.zeros_like(block_masked).scatter_(1, chosen, True)  # (N, n)
         placed = torch.where(fill, tokens, response.gather(1, positions))  # (N, n) others keep their token

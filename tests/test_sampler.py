@@ -1,4 +1,5 @@
-"""Properties of `sampler` (SPEC §2, "Unmasking"): Dream-style masked-diffusion sampling.
+"""Properties of `sampler`: Dream-style masked-diffusion sampling (the unmasking loop of Dream's sampler,
+`generation_utils.py`, with the confidence choices of the authors' released EntRGi code).
 
 What these tests prove, on a deterministic toy denoiser whose logits depend on the whole
 current sequence (so the unmasking order matters) and on a tiny random Qwen2:
@@ -9,15 +10,25 @@ current sequence (so the unmasking order matters) and on a tiny random Qwen2:
   `unmask_schedule` for maskgit_plus / topk_margin / entropy; no mask is left after T
   steps for every alg (origin included), for T = 1 and T > L; the mask token is never
   drawn, even where the denoiser's argmax is the mask (the toy gives it real mass);
-* `unmask_schedule` itself against an independent recomputation of
-  floor(n_masked * (1 - s/t)) on linspace(1, eps, T + 1) in float32;
+* `unmask_schedule` itself against an independent recomputation of Dream's
+  int(n_masked * (1 - s/t)) as a float32 product on float32 linspace(1, eps, T + 1), over
+  the full range of L, T, eps, and a pinned case where a float64 product would differ;
+  `origin_fill_probs` is the same float32 ratio and exactly 1 at the last step, and
+  `origin` leaves no mask although masks remain before its last step in every row;
 * the choice of positions: greedy (temperature 0) draws are the argmax of the logits and
-  each step fills the masks of largest confidence; with `guidance`, the confidence comes
-  from the denoiser's (unguided) logits or the guided ones as configured, and the two
-  can differ; EOS de-prioritisation places an EOS only when every non-EOS draw is placed
-  (and is not vacuous: without it the toy places EOS earlier);
+  each step fills the masks of largest confidence; with a guidance hook that moves the
+  logits and top-p < 1, at every step the positions filled are those a reference
+  computation picks from the distribution each `confidence` option names for each alg
+  (authors: unguided unfiltered softmax for entropy, the guided filtered draw distribution
+  for maskgit_plus / topk_margin; filtered: the draw distribution; unguided: the unguided
+  filtered one), and the three distributions do pick differently on those runs; every
+  token placed under guidance lies in the guided filtered nucleus; EOS
+  de-prioritisation places an EOS only when every non-EOS draw is placed (and is not
+  vacuous: without it the toy places EOS earlier);
 * randomness: the same generator seed gives the same output, a different one a different
-  output; `reward_guidance` with M = 0 reproduces the unguided output exactly, M > 0 not;
+  output; `reward_guidance` with M = 0 reproduces the unguided output exactly for every
+  confidence option and the default, M > 0 not;
+* `weight_log` is the mean entropy weight over the block's masked positions at every step;
 * the hook receives the unguided token_probs and its first draw shares them bitwise; a
   bfloat16 denoiser gives bitwise the float32 results of its upcast logits;
 * helpers: `masked_positions`, `confidence` against direct formulas;
@@ -29,7 +40,7 @@ current sequence (so the unmasking order matters) and on a tiny random Qwen2:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import SimpleNamespace
 
 import pytest
@@ -37,16 +48,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrgi import filter_probs
+from entrgi import filter_probs, sample_categorical
 from sampler import (
     ALGORITHMS,
+    CONFIDENCE_SOURCES,
     SamplingConfig,
     confidence,
     dream_denoiser,
     generate,
     llada_denoiser,
     masked_positions,
+    origin_fill_probs,
     reward_guidance,
+    token_distributions,
     token_probs,
     unmask_schedule,
 )
@@ -307,6 +321,44 @@ def test_unmask_schedule_recomputed(L, T, eps):
     assert schedule[-1][1] == schedule[-1][0]
 
 
+def test_unmask_schedule_float32_product_pinned():
+    """L = 110, T = 11, eps = 0.3: Dream's float32 product 110 * (1 - s/t) is 7.0, so step 0 fills 7
+    (a float64 product of the same float32 ratio is 6.99999988 and would fill 6)."""
+    ts = torch.linspace(1, 0.3, 12)
+    ratio = 1 - ts[1] / ts[0]  # float32
+    assert int(torch.tensor(110) * ratio) == 7 and int(110 * ratio.item()) == 6  # the two roundings disagree here
+    schedule = unmask_schedule(110, 11, 0.3)
+    assert schedule[0] == (110, 7) and schedule[1] == (103, 6)
+    assert sum(f for _, f in schedule) == 110
+
+
+def test_origin_fill_probs_are_the_schedule_ratios_and_one_at_the_end():
+    """origin_fill_probs: float32 1 - s/t on float32 linspace(1, eps, T + 1) for i < T - 1, exactly 1.0 at the last step."""
+    for T, eps in [(1, 1e-3), (2, 0.5), (11, 0.3), (128, 1e-3)]:
+        probs = origin_fill_probs(T, eps)
+        ts = torch.linspace(1, eps, T + 1, dtype=torch.float32)
+        assert probs.dtype == torch.float32 and probs.shape == (T,)
+        assert probs[-1].item() == 1.0
+        for i in range(T - 1):
+            assert probs[i].item() == (1 - ts[i + 1] / ts[i]).item()
+        if T > 1:
+            assert (probs[:-1] < 1).all()
+
+
+@pytest.mark.parametrize("T", [2, 3, 5])
+def test_origin_fills_every_remaining_mask_at_the_last_step(T):
+    """origin with eps = 0.5 (the last ratio 1 - s/t is only 0.25-0.4): masks remain before the last step in
+    every row, and the last step fills all of them (probability 1, not 1 - s/t)."""
+    L = 12
+    cfg = config(alg="origin", max_new_tokens=L, T=T, eps=0.5)
+    for seed in range(3):
+        out, steps = run(ToyDenoiser(seed), cfg, seed=seed)
+        P = steps[0].shape[1] - L
+        before_last = steps[-2][:, P:] if T > 1 else initial_ids(cfg)[:, P:]
+        assert ((before_last == MASK_ID).sum(1) >= 3).all()  # plenty left for the last step to fill
+        assert not (out == MASK_ID).any()
+
+
 def test_unmask_schedule_worked_example():
     """L = 4, T = 4: timesteps 1, .75025, .5005, .25075, .001 give fills 0, 1, 1, 2."""
     assert unmask_schedule(4, 4) == [(4, 0), (4, 1), (3, 1), (2, 2)]
@@ -339,10 +391,12 @@ def test_greedy_draws_are_argmax(alg):
 
 @pytest.mark.parametrize("alg", NON_ORIGIN)
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
-def test_greedy_steps_fill_most_confident(alg, top_p):
-    """Greedy: each step fills exactly the n_fill masks of largest confidence computed from the logits."""
+@pytest.mark.parametrize("source", CONFIDENCE_SOURCES)
+def test_greedy_steps_fill_most_confident(alg, top_p, source):
+    """Greedy, unguided: each step fills exactly the n_fill masks of largest confidence computed from the logits:
+    from softmax(phi) itself for entropy under `authors`, from its filtered, renormalised copy otherwise."""
     L, T = 8, 4
-    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=0.0, top_p=top_p, eos_last=False)
+    cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=0.0, top_p=top_p, eos_last=False, confidence=source)
     toy = ToyDenoiser(4)
     _, steps = run(toy, cfg, seed=0)
     P = steps[0].shape[1] - L
@@ -350,8 +404,10 @@ def test_greedy_steps_fill_most_confident(alg, top_p):
     prev = initial_ids(cfg)
     for (n_masked, n_fill), ids in zip(unmask_schedule(L, T), steps):
         logits = drawable(toy.full(prev, keep)[:, P:])  # (N, L, V)
-        probs = filter_probs(torch.softmax(logits, -1), top_p)  # (N, L, V) filtered
-        probs = probs / probs.sum(-1, keepdim=True)
+        probs = torch.softmax(logits, -1)  # (N, L, V)
+        if EXPECTED_READS[source, alg] != "unfiltered":
+            probs = filter_probs(probs, top_p)  # (N, L, V) filtered
+            probs = probs / probs.sum(-1, keepdim=True)
         conf = direct_confidence(probs, probs.argmax(-1), alg)  # (N, L)
         masked = prev[:, P:] == MASK_ID
         conf = torch.where(masked, conf, -math.inf)
@@ -431,11 +487,14 @@ def test_seed_determinism(alg):
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
-@pytest.mark.parametrize("source", ["unguided", "guided"])
+@pytest.mark.parametrize("source", (None,) + CONFIDENCE_SOURCES)  # None: the default option
 def test_guidance_zero_steps_is_unguided(alg, source):
-    """reward_guidance with M = 0 gives exactly the unguided output; with M > 0 the output differs."""
+    """reward_guidance with M = 0 gives exactly the unguided (bon) output, for every confidence option and the
+    default (top-p 0.95 filters, so the unfiltered and filtered distributions differ); with M > 0 it differs."""
     embed_matrix, score_embeds = linear_reward()
-    base = dict(alg=alg, max_new_tokens=8, T=4, temperature=0.7, confidence=source)
+    base = dict(alg=alg, max_new_tokens=8, T=4, temperature=0.7)
+    if source is not None:
+        base["confidence"] = source
     unguided, _ = run(ToyDenoiser(0), config(**base), seed=7)
 
     cfg0 = config(**base, method="entrgi", M=0)
@@ -454,6 +513,37 @@ def test_guidance_zero_steps_is_unguided(alg, source):
     # The guidance pushes toward tokens of high linear score: the mean score goes up.
     score = lambda out: score_embeds(embed_matrix[out.reshape(-1, 8)], None).mean()
     assert score(guided3) > score(unguided)
+
+
+@pytest.mark.parametrize("alg", ["origin", "entropy"])
+def test_weight_log_is_the_mean_entropy_weight_over_the_masked_positions(alg):
+    """weight_log gets, at every step, the mean over the block's *masked* positions of w = H(softmax(phi)) / log V
+    of the unguided logits, computed here independently in float64. With `origin` the block is the whole
+    response, unmasked positions included, and their mean differs: averaging over the block fails this."""
+    embed_matrix, score_embeds = linear_reward()
+    cfg = config(alg=alg, method="entrgi", M=1, eta=1.0, max_new_tokens=8, T=5)
+    log: list[torch.Tensor] = []
+    inner = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(2), weight_log=log)
+    seen = []
+
+    def recording(logits, probs, masked, positions, response):
+        seen.append((logits.double(), masked.clone()))
+        return inner(logits, probs, masked, positions, response)
+
+    block_mean_differs = False
+    for seed in range(3):
+        log.clear(), seen.clear()
+        run(ToyDenoiser(seed), cfg, seed=seed, guidance=recording)
+        assert len(log) == len(seen) == cfg.T
+        for logged, (logits, masked) in zip(log, seen):
+            q = torch.softmax(logits, -1)  # (N, n, V) float64
+            w = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(V)  # (N, n)
+            if not masked.any():
+                continue  # no masked position: no mean to check
+            expect = w[masked].mean()
+            assert logged.shape == () and abs(float(logged) - float(expect)) < 1e-6, (float(logged), float(expect))
+            block_mean_differs |= abs(float(w.mean()) - float(expect)) > 1e-3
+    assert block_mean_differs == (alg == "origin")
 
 
 @pytest.mark.parametrize("top_p,top_k", [(0.8, None), (0.9, 5)])
@@ -519,49 +609,125 @@ def test_guidance_zero_steps_shared_generator():
     assert torch.equal(guided, unguided)
 
 
-def _bias_hook(token: int, scale: float):
-    """Guidance that adds scale * j to `token`'s logit at response position j (changes confidences)."""
-    calls = []
+# The distribution each option's confidence reads, written out from the definitions (the authors' EntRGi code,
+# Dream's sampler / the authors' bon.py), independently of sampler.CONFIDENCE_READS:
+#   unfiltered = softmax(phi / tau) of the unguided logits;  drawn = filter(softmax(phi_guided / tau)), renormalised;
+#   unguided = filter(softmax(phi / tau)), renormalised.
+EXPECTED_READS = {
+    ("authors", "entropy"): "unfiltered", ("authors", "maskgit_plus"): "drawn", ("authors", "topk_margin"): "drawn",
+    ("filtered", "entropy"): "drawn", ("filtered", "maskgit_plus"): "drawn", ("filtered", "topk_margin"): "drawn",
+    ("unguided", "entropy"): "unguided", ("unguided", "maskgit_plus"): "unguided", ("unguided", "topk_margin"): "unguided",
+}
+
+
+def _changing_hook(generator: torch.Generator, scale: float = 2.5):
+    """Guidance that moves every logit by a position- and token-dependent amount (so the guided order of
+    confidences, and the guided nucleus, differ from the unguided ones), recording at each step the unguided
+    and guided logits, the block's positions and masks, and the generator's state just before the draw."""
+    records = []
+    tokens = torch.arange(V).float()  # (V,)
 
     def hook(logits, probs, masked, positions, response):
-        calls.append(logits.clone())
-        out = logits.clone()
-        out[..., token] += scale * positions.float()
-        return out
+        shift = scale * torch.cos(1.7 * positions.float().unsqueeze(-1) + 0.9 * tokens)  # (N, n, V)
+        guided = logits + shift  # (N, n, V) the mask token stays at -inf
+        records.append(dict(logits=logits.clone(), guided=guided.clone(), positions=positions.clone(),
+                            masked=masked.clone(), state=generator.get_state()))
+        return guided
 
-    return hook, calls
+    return hook, records
 
 
-@pytest.mark.parametrize("alg,temperature", [("entropy", 0.7), ("maskgit_plus", 0.0), ("topk_margin", 0.0)])
-def test_confidence_source_unguided_vs_guided(alg, temperature):
-    """Confidence from the denoiser logits ('unguided') or the hook's ('guided'): each matches its formula; orders differ."""
-    L, T = 8, 2  # step 0 fills floor(8 * (1 - .5005)) = 3 of 8
-    first_filled = {}
-    for source in ("unguided", "guided"):
-        cfg = config(alg=alg, max_new_tokens=L, T=T, temperature=temperature, top_p=1.0, eos_last=False,
-                     confidence=source)
-        toy = ToyDenoiser(6)
-        hook, calls = _bias_hook(token=3, scale=1.5)
-        _, steps = run(toy, cfg, seed=1, guidance=hook, eos_id=None)
-        P = steps[0].shape[1] - L
-        assert torch.equal(calls[0], drawable(toy.full(initial_ids(cfg), initial_keep(cfg))[:, P:]))
-        unguided_logits = calls[0]  # (N, L, V) step 0: every response position is masked
-        guided_logits = unguided_logits.clone()
-        guided_logits[..., 3] += 1.5 * torch.arange(L).float()
-        scale = temperature if temperature > 0 else 1.0
-        q_unguided = torch.softmax(unguided_logits / scale, -1)
-        q_guided = torch.softmax(guided_logits / scale, -1)
-        new = steps[0][:, P:] != MASK_ID  # (N, L)
-        tokens = steps[0][:, P:]
-        if temperature == 0:
-            assert torch.equal(tokens[new], guided_logits.argmax(-1)[new])  # tokens come from the guided logits
-        drawn = guided_logits.argmax(-1) if temperature == 0 else None
-        q = q_unguided if source == "unguided" else q_guided
-        conf = direct_confidence(q, drawn if drawn is not None else q.argmax(-1), alg)  # (N, L)
-        expect = torch.zeros_like(new).scatter_(1, conf.topk(3, dim=-1).indices, True)
-        assert torch.equal(new, expect), (source, new, expect)
-        first_filled[source] = new
-    assert not torch.equal(first_filled["unguided"], first_filled["guided"])
+def _run_recorded(cfg, seed: int, toy_seed: int):
+    """generate() on the padded prompts with `_changing_hook`, no EOS rule; returns (records, [ids after each step])."""
+    ids, keep = padded_prompts()
+    generator = torch.Generator().manual_seed(seed)
+    hook, records = _changing_hook(generator)
+    steps: list[torch.Tensor] = []
+    generate(ToyDenoiser(toy_seed), ids, keep, cfg, mask_id=MASK_ID, eos_id=None, guidance=hook,
+             generator=generator, on_step=lambda i, x: steps.append(x.clone()))
+    assert len(records) == len(steps) == cfg.T
+    return records, steps
+
+
+def _reference_choices(cfg, records, steps):
+    """Per step: the block's newly filled positions (N, n) bool, and the positions the definition fills when the
+    confidence reads each of the three distributions (from the recorded logits; the draws replayed from the
+    recorded generator state with the sampler's inverse-CDF draw from filter(softmax(guided / tau)))."""
+    tau, L = cfg.temperature, cfg.max_new_tokens
+    P = steps[0].shape[1] - L
+    prev = initial_ids(cfg)[:, P:]  # (N, L)
+    out = []
+    for (n_masked, n_fill), rec, ids in zip(unmask_schedule(L, cfg.T, cfg.eps), records, steps):
+        positions = rec["positions"]  # (N, n)
+        assert positions.shape[1] == n_masked and (prev.gather(1, positions) == MASK_ID).all()
+        unfiltered = torch.softmax(rec["logits"] / tau, -1)  # (N, n, V) p
+        unguided = filter_probs(unfiltered, cfg.top_p, cfg.top_k)  # (N, n, V)
+        drawn = filter_probs(torch.softmax(rec["guided"] / tau, -1), cfg.top_p, cfg.top_k)  # (N, n, V) q
+        tokens = sample_categorical(drawn, torch.Generator().set_state(rec["state"]))  # (N, n) the replayed draws
+        placed = ids[:, P:].gather(1, positions)  # (N, n)
+        new = placed != MASK_ID  # (N, n)
+        assert torch.equal(placed[new], tokens[new])  # the replay is faithful: the placed tokens are these draws
+        choices = {}
+        for name, r in [("unfiltered", unfiltered), ("drawn", drawn / drawn.sum(-1, keepdim=True)),
+                        ("unguided", unguided / unguided.sum(-1, keepdim=True))]:
+            conf = direct_confidence(r, tokens, cfg.alg)  # (N, n)
+            choices[name] = torch.zeros_like(new).scatter_(1, conf.topk(n_fill, dim=-1).indices, True)
+        out.append((new, choices))
+        prev = ids[:, P:]
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(alg=st.sampled_from(NON_ORIGIN), source=st.sampled_from(CONFIDENCE_SOURCES), L=st.integers(2, 9),
+       T=st.integers(2, 6), top_p=st.sampled_from([0.6, 0.8]), seed=seeds)
+def test_confidence_reads_the_configured_distribution_at_every_step(alg, source, L, T, top_p, seed):
+    """At every step, the positions filled are the n_fill of largest confidence computed from the distribution
+    CONFIDENCE_READS names: authors = p (unguided, unfiltered) for entropy, q (guided, filtered, renormalised)
+    for maskgit_plus / topk_margin; filtered = q for all; unguided = the unguided filtered one, renormalised."""
+    cfg = config(alg=alg, confidence=source, max_new_tokens=L, T=T, top_p=top_p, eos_last=False)
+    records, steps = _run_recorded(cfg, seed, seed % 5)
+    reads = EXPECTED_READS[source, alg]
+    for i, (new, choices) in enumerate(_reference_choices(cfg, records, steps)):
+        assert torch.equal(new, choices[reads]), (i, new, choices[reads])
+
+
+@pytest.mark.parametrize("alg", NON_ORIGIN)
+def test_confidence_distributions_differ_and_the_defaults_are_the_authors(alg):
+    """Non-vacuity of the test above: on these runs the three distributions fill different positions at some
+    step (so reading the wrong one fails), and the default option is `authors`."""
+    assert SamplingConfig().confidence == "authors"
+    differs = {("unfiltered", "drawn"): False, ("drawn", "unguided"): False, ("unfiltered", "unguided"): False}
+    for seed in range(4):
+        cfg = config(alg=alg, max_new_tokens=9, T=4, top_p=0.7, eos_last=False)  # default confidence
+        records, steps = _run_recorded(cfg, seed, seed)
+        for new, choices in _reference_choices(cfg, records, steps):
+            assert torch.equal(new, choices[EXPECTED_READS["authors", alg]])
+            for a, b in differs:
+                differs[a, b] |= not torch.equal(choices[a], choices[b])
+    assert all(differs.values()), differs
+
+
+@settings(max_examples=20, deadline=None)
+@given(alg=algs, source=st.sampled_from(CONFIDENCE_SOURCES), T=st.integers(1, 5), top_p=st.sampled_from([0.5, 0.8]),
+       top_k=st.sampled_from([None, 6]), seed=seeds)
+def test_guided_tokens_lie_in_the_filtered_guided_nucleus(alg, source, T, top_p, top_k, seed):
+    """Under guidance every token placed at every step has positive mass in filter(softmax(phi_guided / tau)),
+    the guided logits the hook returned at that step (drawing from the unfiltered guided softmax fails this)."""
+    L = 8
+    cfg = config(alg=alg, confidence=source, max_new_tokens=L, T=T, top_p=top_p, top_k=top_k, temperature=1.0)
+    records, steps = _run_recorded(cfg, seed, seed % 5)
+    P = steps[0].shape[1] - L
+    prev = initial_ids(cfg)[:, P:]  # (N, L)
+    outside = 0
+    for rec, ids in zip(records, steps):
+        positions = rec["positions"]  # (N, n)
+        support = filter_probs(torch.softmax(rec["guided"] / cfg.temperature, -1), top_p, top_k) > 0  # (N, n, V)
+        placed = ids[:, P:].gather(1, positions)  # (N, n)
+        new = (prev.gather(1, positions) == MASK_ID) & (placed != MASK_ID)  # (N, n)
+        assert support.gather(-1, placed.unsqueeze(-1)).squeeze(-1)[new].all()
+        outside += int((~support).any(-1)[new].sum())  # the filter excludes something wherever we place
+        prev = ids[:, P:]
+    assert outside > 0
 
 
 # --------------------------------------------------------------------------- helpers of the sampler
@@ -602,6 +768,21 @@ def test_confidence_formulas():
     torch.testing.assert_close(got, direct_confidence(probs, tokens, "entropy"))
     with pytest.raises(ValueError):
         confidence(probs, tokens, "origin")
+
+
+@pytest.mark.parametrize("top_p,top_k", [(1.0, None), (0.7, None), (0.9, 4)])
+def test_token_distributions_one_softmax_and_its_filter(top_p, top_k):
+    """token_distributions gives softmax(phi / tau) and filter_probs of that very tensor (token_probs' result,
+    bitwise); without a filter both are the same tensor. confidence(..., normalised=True) reads p as it is."""
+    g = torch.Generator().manual_seed(0)
+    logits = drawable(torch.randn(3, 5, V, generator=g) * 3)  # (3, 5, V)
+    unfiltered, filtered = token_distributions(logits, 0.7, top_p, top_k)
+    assert torch.equal(unfiltered, torch.softmax(logits / 0.7, -1))
+    assert torch.equal(filtered, filter_probs(unfiltered, top_p, top_k))
+    assert torch.equal(filtered, token_probs(logits, 0.7, top_p, top_k))
+    assert (filtered is unfiltered) == (top_p == 1.0 and top_k is None)
+    torch.testing.assert_close(confidence(unfiltered, None, "entropy", normalised=True),
+                               direct_confidence(unfiltered, None, "entropy"), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("alg", NON_ORIGIN)
@@ -769,7 +950,21 @@ def test_validate_accepts_defaults():
         SamplingConfig(alg=alg).validate()
     for method in ("entrgi", "aps", "expectation", "bon"):
         SamplingConfig(method=method).validate()
-    SamplingConfig(confidence="guided").validate()
+    for source in ("authors", "filtered", "unguided"):
+        SamplingConfig(confidence=source).validate()
+
+
+def test_config_sources_name_where_each_default_comes_from():
+    """Every field has help and a source; EOS de-prioritisation is the authors' rule (Dream's sampler has none),
+    eps and top_k are Dream's, and `confidence` offers the three documented options, the authors' by default."""
+    by_name = {f.name: f for f in fields(SamplingConfig)}
+    assert all(f.metadata["help"] and f.metadata["source"] for f in by_name.values())
+    assert "authors" in by_name["eos_last"].metadata["source"] and "Dream" not in by_name["eos_last"].metadata["source"]
+    assert by_name["eps"].metadata["source"] == by_name["top_k"].metadata["source"] == "Dream's sampler"
+    assert by_name["confidence"].metadata["choices"] == CONFIDENCE_SOURCES == ("authors", "filtered", "unguided")
+    assert by_name["confidence"].default == "authors"
+    for name in ("K", "T", "M", "eta", "max_new_tokens", "temperature", "top_p"):
+        assert "authors' released configuration" in by_name[name].metadata["source"]
 
 
 @pytest.mark.parametrize("overrides,field", [
@@ -787,7 +982,7 @@ def test_validate_accepts_defaults():
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(alg="greedy"), "alg"),
     (dict(method="dps"), "method"),
-    (dict(confidence="both"), "confidence"),
+    (dict(confidence="both"), "confidence"), (dict(confidence="guided"), "confidence"),
     (dict(eps=0.0), "eps"), (dict(eps=1.0), "eps"),
 ])
 def test_validate_rejects(overrides, field):
