@@ -43,7 +43,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical
+from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical, uniform
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 CONFIDENCE_SOURCES = ("unguided", "guided")
@@ -192,7 +192,8 @@ def generate(
     if given, maps the denoiser's logits at the masked positions to guided logits at every
     step; the unmasking confidence then comes from the unguided logits or the guided ones
     (config.confidence). `on_step(i, ids (N, S))` is called after each step.
-    All randomness comes from `generator`.
+    All randomness comes from `generator`: a torch.Generator, or an `entrgi.CounterRNG`
+    with one stream per prompt (then a prompt's draws do not depend on its batch).
     """
     K, L, T = config.K, config.max_new_tokens, config.T
     P = prompt_ids.shape[1]
@@ -229,7 +230,7 @@ def generate(
                 guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
         tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
         if origin:
-            draw = torch.rand(block_masked.shape, generator=generator, device=device)  # (N, n)
+            draw = uniform(block_masked.shape, generator, device)  # (N, n)
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
             score = confidence(probs if config.confidence == "unguided" else guided_probs, tokens, config.alg)  # (N, n)
