@@ -3,6 +3,7 @@
     python run.py --prompt "Write a haiku about gradients." --dllm tiny --reward-model tiny
     python run.py --prompt "..." --method entrgi --output result.json       # Dream-7B + Skywork, CUDA
     python run.py --prompt "..." --dry-run        # configs and tokenizers only: the plan, no weights
+    python run.py --prompts prompts.jsonl --output-dir out --seeds 0,1,2   # the experiment (README, "Many prompts")
 
 The pipeline: the denoiser (Dream-v0-Instruct-7B) generates K responses of L tokens by
 masked diffusion (`sampler.generate`); at every denoising step the logits of the masked
