@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from rng import CounterRNG
+
 METHODS = ("entrgi", "aps", "expectation")
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]
@@ -145,7 +147,7 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     return torch.where(probs >= threshold, probs, 0.0)  # (..., V)
 
 
-def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None) -> Tensor:
     """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
     Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs, the draw is the first
@@ -154,9 +156,17 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     (a Gumbel/exponential race), and any leading shape (unlike `torch.multinomial`).
     """
     cdf = probs.float().cumsum(-1)  # (..., V)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device)  # (..., 1)
+    u = uniform(cdf.shape[:-1] + (1,), generator, cdf.device)  # (..., 1)
     index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (..., 1)
     return index.clamp(max=cdf.shape[-1] - 1).squeeze(-1)  # (...)
+
+
+def uniform(shape: tuple[int, ...], generator: "torch.Generator | CounterRNG | None",
+            device: torch.device | str | None = None) -> Tensor:
+    """U[0, 1) float32 of `shape`: torch.rand for a torch.Generator (or None), per-prompt streams for a CounterRNG."""
+    if isinstance(generator, CounterRNG):
+        return generator.uniform(tuple(shape), device)
+    return torch.rand(shape, generator=generator, device=device)
 
 
 def guide(

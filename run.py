@@ -3,6 +3,7 @@
     python run.py --prompt "Write a haiku about gradients." --dllm tiny --reward-model tiny
     python run.py --prompt "..." --method entrgi --output result.json       # Dream-7B + Skywork, CUDA
     python run.py --prompt "..." --dry-run        # configs and tokenizers only: the plan, no weights
+    python run.py --prompts prompts.jsonl --output-dir out --seeds 0,1,2   # the experiment (README, "Many prompts")
 
 The pipeline: the denoiser (Dream-v0-Instruct-7B) generates K responses of L tokens by
 masked diffusion (`sampler.generate`); at every denoising step the logits of the masked
@@ -32,11 +33,17 @@ import torch
 import transformers
 from torch import Tensor
 
+import experiment
 import models
 import rewards
 import sampler
+from entrgi import entropy_weight
 from models import UsageError, first_line
+from rng import CounterRNG, stream_key
 from sampler import SamplingConfig
+
+EXPERIMENT_METHODS = ("entrgi", "aps", "expectation", "bon")
+DEFAULT_BATCH_SIZE = 4
 
 
 # --------------------------------------------------------------------------- command line
@@ -55,7 +62,10 @@ class _HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: model and run options, then one option per SamplingConfig field (defaults live there)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
-    parser.add_argument("--prompt", required=True, help="the user prompt (required)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the user prompt: one run (this or --prompts is required)")
+    source.add_argument("--prompts", metavar="FILE",
+                        help="the experiment: every prompt of FILE (.jsonl with a \"prompt\" field, or .txt, one a line)")
     parser.add_argument("--dllm", default=models.DEFAULT_DLLM, help="denoiser: hub id, local directory, or tiny")
     parser.add_argument("--reward-model", default=models.DEFAULT_REWARD,
                         help="reward model: hub id (Skywork-Reward-V2-Qwen3-0.6B/-1.7B/-4B), local directory, or tiny")
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="read the configs and tokenizers only (never the weights), print the plan, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    experiment_options(parser.add_argument_group("the experiment (--prompts)"))
     hints = typing.get_type_hints(SamplingConfig)
     for f in dataclasses.fields(SamplingConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -79,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {int: int, float: float, str: str, int | None: int}[hints[f.name]]
         parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help)
     return parser
+
+
+def experiment_options(group) -> None:
+    """The options of `--prompts` runs (all None/False by default, so that a single run can refuse them)."""
+    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and summary.json go here")
+    group.add_argument("--methods", help=f"comma-separated methods (default: {','.join(EXPERIMENT_METHODS)})")
+    group.add_argument("--seeds", help="comma-separated seeds (default: --seed)")
+    group.add_argument("--batch-size", type=int, metavar="B", help="prompts per batch: B x K rows per forward "
+                       f"(default: {DEFAULT_BATCH_SIZE}); a prompt's result does not depend on it")
+    group.add_argument("--resume", action="store_true", help="continue the run in DIR: skip its complete records")
+    group.add_argument("--eval-reward-model", metavar="ID",
+                       help="also score every final response with this reward model (it does not guide)")
 
 
 def config_from_args(args) -> SamplingConfig:
@@ -185,7 +208,8 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
         raise UsageError(f"{flag} must be in [0, 2**64), got {seed}")
 
 
-def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: SamplingConfig) -> Plan:
+def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: SamplingConfig,
+              labels: list[str] | None = None) -> Plan:
     """Read both checkpoints' configs and tokenizers and check every prompt against both contexts."""
     dllm = models.denoiser_checkpoint(dllm_name)
     ids = models.token_ids(dllm.tokenizer, dllm.config, dllm.generation_config)
@@ -194,14 +218,15 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
     dllm_context = dllm.config.max_position_embeddings
     reward_context = reward.config.max_position_embeddings
     prompt_ids, pieces = [], []
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
+        where = f"{labels[index]}: " if labels is not None else ""  # which prompt, in an error
         tokens = dllm.tokenizer(models.prompt_text(dllm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
         if len(tokens) + L > dllm_context:
-            raise UsageError(f"prompt ({len(tokens)} tokens) + max-new-tokens ({L}) exceeds the denoiser's context "
+            raise UsageError(f"{where}prompt ({len(tokens)} tokens) + max-new-tokens ({L}) exceeds the denoiser's context "
                              f"of {dllm_context} tokens")
         prefix, suffix = rewards.chat_pieces(reward.tokenizer, prompt)
         if len(prefix) + L + len(suffix) > reward_context:
-            raise UsageError(f"the reward model reads {len(prefix)} + {L} + {len(suffix)} tokens (chat prefix, "
+            raise UsageError(f"{where}the reward model reads {len(prefix)} + {L} + {len(suffix)} tokens (chat prefix, "
                              f"response, suffix), beyond its context of {reward_context}")
         prompt_ids.append(tokens)
         pieces.append((prefix, suffix))
@@ -296,6 +321,69 @@ def generate(loaded: Loaded, prompt: str, prompt_ids: list[int], config: Samplin
     }
 
 
+def generate_batch(loaded: Loaded, prompts: list[str], prompt_ids: list[list[int]], config: SamplingConfig,
+                   rng: CounterRNG, counts: dict, on_step=None, eval_reward=None) -> list[dict]:
+    """`generate` for B prompts at once: B x K rows in every denoiser forward and reward pass, left-padded.
+
+    Row b * K + k is trajectory k of prompt b. Every draw comes from `rng`, one stream per
+    prompt, so a prompt's record does not depend on its batch (README, "Many prompts").
+    `counts` gains the forwards made: denoiser_forwards, reward_forward_backward (guidance:
+    each one a forward and a backward), reward_forwards (the final scores, no gradient).
+    `eval_reward` = (model, tokenizer) also scores the final responses (eval_* fields).
+    """
+    plan, device, K, B = loaded.plan, loaded.device, config.K, len(prompts)
+    ids, keep = rewards.left_pad(prompt_ids, plan.ids.pad if plan.ids.pad is not None else plan.ids.mask)  # (B, P)
+    ids, keep = ids.to(device), keep.to(device)
+    scorer = rewards.EmbeddingScorer(loaded.reward, plan.reward.tokenizer, prompts, K=K, reading=plan.reading)
+    denoise = sampler.dream_denoiser(loaded.dllm)
+
+    def counted_denoise(*inputs: Tensor) -> Tensor:
+        counts["denoiser_forwards"] += 1
+        return denoise(*inputs)
+
+    def counted_score(embeds: Tensor, tokens: Tensor) -> Tensor:
+        counts["reward_forward_backward"] += 1
+        return scorer(embeds, tokens)
+
+    weights: list[Tensor] = []  # per step, (B,): mean w over each prompt's masked positions
+    guidance = None
+    if config.guided:
+        hook = sampler.reward_guidance(counted_score, loaded.embed_matrix, config, rng)
+
+        def guidance(logits: Tensor, probs: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
+            weight = (entropy_weight(logits) * masked).reshape(B, -1)  # (B, K n)
+            weights.append(weight.sum(-1) / masked.reshape(B, -1).sum(-1).clamp(min=1))  # (B,)
+            return hook(logits, probs, masked, positions, response)
+
+    with torch.no_grad():
+        tokens = sampler.generate(counted_denoise, ids, keep, config, mask_id=plan.ids.mask,
+                                  eos_id=list(plan.ids.ends), guidance=guidance, generator=rng,
+                                  on_step=on_step).flatten(0, 1)  # (N, L)
+        token_scores = scorer(loaded.embed_matrix[tokens], tokens).reshape(B, K)  # (B, K)
+    responses = decode_responses(plan.dllm.tokenizer, tokens, plan.ids.ends)
+    repeated = [p for p in prompts for _ in range(K)]
+    scores = rewards.score_texts(loaded.reward, plan.reward.tokenizer, repeated, responses).reshape(B, K)  # (B, K)
+    counts["reward_forwards"] += 2
+    evals = None
+    if eval_reward is not None:
+        evals = rewards.score_texts(*eval_reward, repeated, responses).reshape(B, K).tolist()  # (B, K)
+        counts["reward_forwards"] += 1
+    mean_weights = torch.stack(weights).mean(0).tolist() if weights else [None] * B  # (B,)
+    token_lists, score_lists, tokens_of = token_scores.tolist(), scores.tolist(), tokens.reshape(B, K, -1).tolist()
+    results = []
+    for b in range(B):
+        texts, rewards_b = responses[b * K:(b + 1) * K], score_lists[b]
+        best = max(range(K), key=rewards_b.__getitem__)
+        result = {"responses": texts, "rewards": rewards_b, "token_rewards": token_lists[b],
+                  "response_tokens": tokens_of[b], "top1_reward": max(rewards_b),
+                  "avgN_reward": sum(rewards_b) / K, "best_response": texts[best],
+                  "mean_entropy_weight": mean_weights[b]}
+        if evals is not None:
+            result.update(eval_rewards=evals[b], eval_top1_reward=max(evals[b]), eval_avgN_reward=sum(evals[b]) / K)
+        results.append(result)
+    return results
+
+
 def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -306,6 +394,10 @@ def run(args) -> dict:
     With --dry-run, returns {"plan": [lines]} without reading any weight.
     """
     config = config_from_args(args)
+    given = [flag for flag in ("output_dir", "methods", "seeds", "batch_size", "resume", "eval_reward_model")
+             if getattr(args, flag) not in (None, False)]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --prompts runs")
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     check_seed(args.seed)
@@ -340,8 +432,165 @@ def report(result: dict) -> None:
           f"(method {result['config']['method']}, K={result['config']['K']})")
 
 
+# --------------------------------------------------------------------------- the experiment (--prompts)
+
+
+def parse_list(text: str | None, default: list, flag: str, kind=str) -> list:
+    if text is None:
+        return list(default)
+    try:
+        items = [kind(item.strip()) for item in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+    if not items or len(set(items)) != len(items) or any(item == "" for item in items):
+        raise UsageError(f"{flag} must list distinct, non-empty items, got {text!r}")
+    return items
+
+
+def experiment_settings(args, config: SamplingConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """Every setting that changes a record's result: a record's key is (prompt id, method, seed) plus their
+    fingerprint. Not in it: the batch size and the number of processes (results do not depend on them)."""
+    sampling = {k: v for k, v in dataclasses.asdict(config).items() if k != "method"}
+    return {"sampling": sampling, "dllm": args.dllm, "reward_model": args.reward_model,
+            "eval_reward_model": args.eval_reward_model, "device": device.type,
+            "dtype": str(dtype).removeprefix("torch."), "rng": "rng.CounterRNG/splitmix64/v1"}
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what they measure): the batch's peak allocation on CUDA, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated (this batch)"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss (this process so far)"
+
+
+def run_experiment(args) -> int:
+    """Every (prompt, method, seed) of `--prompts` into `--output-dir`; exit status as `main`'s."""
+    ddp = experiment.Distributed.from_env()
+    try:
+        return experiment_loop(args, ddp)
+    except UsageError as error:
+        if ddp.rank == 0:
+            print(f"error: {first_line(error)}", file=sys.stderr)
+        return 2
+    finally:
+        ddp.close()
+
+
+def experiment_loop(args, ddp: experiment.Distributed) -> int:
+    """Check everything, load the models once, then per (method, seed) the prompts in batches of B."""
+    # 1. Options, the prompts file and both models' configs and tokenizers: no weight is read yet.
+    if args.output is not None or args.dry_run:
+        raise UsageError("--output and --dry-run are for --prompt runs (--prompts writes to --output-dir)")
+    if args.output_dir is None:
+        raise UsageError("--prompts needs --output-dir")
+    base = config_from_args(args)
+    methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
+    configs = {}
+    for method in methods:
+        try:
+            configs[method] = dataclasses.replace(base, method=method).validate()
+        except ValueError as error:
+            raise UsageError(f"--methods: {error}") from None
+    seeds = parse_list(args.seeds, [args.seed], "--seeds", int)
+    for seed in seeds:
+        check_seed(seed, "--seeds")
+    batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    directory = Path(args.output_dir)
+    check_output_path(directory / experiment.CONFIG, "--output-dir")
+    device = resolve_device(args.device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", ddp.local_rank)  # one device per rank
+        torch.cuda.set_device(device)
+    dtype = resolve_dtype(args.dtype, device)
+    prompts = experiment.read_prompts(args.prompts)
+    texts, labels = [p.text for p in prompts], [p.where for p in prompts]
+    plan = make_plan(args.dllm, args.reward_model, texts, base, labels)
+    if len({tuple(suffix) for _, suffix in plan.reward_pieces}) != 1:
+        raise UsageError("the reward model's chat template ends different prompts' turns differently")
+    eval_checkpoint = None
+    if args.eval_reward_model is not None:
+        eval_checkpoint = models.reward_checkpoint(args.eval_reward_model)
+        context = eval_checkpoint.config.max_position_embeddings
+        for prompt in prompts:
+            prefix, suffix = rewards.chat_pieces(eval_checkpoint.tokenizer, prompt.text)
+            if len(prefix) + base.max_new_tokens + len(suffix) > context:
+                raise UsageError(f"{prompt.where}: the eval reward model reads {len(prefix)} + {base.max_new_tokens}"
+                                 f" + {len(suffix)} tokens, beyond its context of {context}")
+
+    # 2. The output directory (rank 0 checks it and tells every rank what is already done).
+    settings = experiment_settings(args, base, device, dtype)
+    fingerprint = experiment.fingerprint(settings)
+    store = experiment.Store(directory, ddp.rank, ddp.world)
+    order = [(p.key, m, s) for p in prompts for m in methods for s in seeds]
+
+    def prepare() -> list[tuple]:
+        done = store.prepare(fingerprint, args.resume)
+        for prompt in prompts:
+            record = next((done[k] for k in done if k[0] == prompt.key), None)
+            if record is not None and (record["prompt"], record["fields"]) != (prompt.text, prompt.fields):
+                raise UsageError(f"--resume: {prompt.where}: id {prompt.id!r} was run with another prompt or fields")
+        write_json_atomically(directory / experiment.CONFIG, {
+            "fingerprint": fingerprint, "settings": settings, "prompts": args.prompts, "n_prompts": len(prompts),
+            "methods": methods, "seeds": seeds, "batch_size": batch_size, "processes": ddp.world,
+            "versions": versions()})
+        return [key for key in order if key in done]
+
+    done = set(ddp.from_rank0(prepare))
+
+    # 3. The models, once; then the batches. Each record is on disk before the next batch starts.
+    loaded = load(plan, device, dtype)
+    eval_reward = None
+    if eval_checkpoint is not None:
+        eval_reward = (models.load_weights(eval_checkpoint, dtype).to(device), eval_checkpoint.tokenizer)
+    work = {(m, s): [i for i, p in enumerate(prompts) if (p.key, m, s) not in done][ddp.rank::ddp.world]
+            for m in methods for s in seeds}  # this rank's share of what is left
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(map(len, work.values())), desc="records" if ddp.world == 1 else f"rank {ddp.rank} records",
+               unit="record", file=sys.stderr, disable=args.no_progress)
+    for (method, seed), indices in work.items():
+        config = configs[method]
+        for start in range(0, len(indices), batch_size):
+            batch = [prompts[i] for i in indices[start:start + batch_size]]
+            rng = CounterRNG(torch.tensor([stream_key(seed, p.key) for p in batch], device=device))  # (B,)
+            counts = {"denoiser_forwards": 0, "reward_forward_backward": 0, "reward_forwards": 0}
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            started = time.perf_counter()
+            results = generate_batch(
+                loaded, [p.text for p in batch], [plan.prompt_ids[i] for i in indices[start:start + batch_size]],
+                config, rng, counts, eval_reward=eval_reward,
+                on_step=lambda i, _ids: bar.set_postfix_str(f"{method} seed {seed} step {i + 1}/{config.T}"))
+            peak, peak_kind = peak_memory(device)
+            cost = {**counts, "wall_seconds": time.perf_counter() - started, "peak_memory_bytes": peak,
+                    "peak_memory": peak_kind, "batch_prompts": len(batch), "note": "the whole batch's cost"}
+            store.append([{"id": p.id, "prompt": p.text, "fields": p.fields, "method": method, "seed": seed,
+                           "fingerprint": fingerprint, **result, "cost": cost} for p, result in zip(batch, results)])
+            bar.update(len(batch))
+    bar.close()
+    store.close()
+    ddp.barrier()
+    if ddp.rank != 0:
+        return 0
+
+    # 4. Rank 0: every record in records.jsonl, and the summary.
+    records = store.merge(order)
+    summary = {"fingerprint": fingerprint, "records": len(records),
+               "bootstrap": {"seed": experiment.BOOTSTRAP_SEED, "resamples": experiment.BOOTSTRAP_RESAMPLES},
+               "methods": experiment.summarise(records, methods, eval_reward is not None)}
+    write_json_atomically(directory / experiment.SUMMARY, summary)
+    print(experiment.table(summary["methods"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.prompts is not None:
+        return run_experiment(args)
     try:
         result = run(args)
     except UsageError as error:  # bad input only: any other exception is a bug and keeps its traceback

@@ -63,7 +63,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical
+from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical, uniform
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 CONFIDENCE_SOURCES = ("authors", "filtered", "unguided")
@@ -277,7 +277,8 @@ def generate(
     module docstring). `eos_id` is the end-of-response token id, or a list of them (Dream-
     Instruct ends with `<|im_end|>` and pads with `<|endoftext|>`): with `config.eos_last` a
     draw of any gets confidence -inf. `on_step(i, ids (N, S))` is called after each step.
-    All randomness comes from `generator`.
+    All randomness comes from `generator`: a torch.Generator, or an `rng.CounterRNG`
+    with one stream per prompt (then a prompt's draws do not depend on its batch).
     """
     K, L, T = config.K, config.max_new_tokens, config.T
     P = prompt_ids.shape[1]
@@ -318,7 +319,7 @@ def generate(
                 guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
         tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
         if origin:
-            draw = torch.rand(block_masked.shape, generator=generator, device=device)  # (N, n)
+            draw = uniform(block_masked.shape, generator, device)  # (N, n)
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
             if score is None:

@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top-p", type=float, default=SamplingConfig.top_p,
                         help="nucleus mass (1 = no top-p filter: what the exact filters cost)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--throughput", action="store_true",
+                        help="instead: records per second of whole batched generations at B = 1, 4, 8 (throughput())")
     args = parser.parse_args(argv)
     try:
         if args.repeat < 1 or args.warmup < 0:
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     except run.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if args.throughput:
+        return throughput(args, device)
     dllm, tokenizer, reward, reward_tokenizer, mask_id, dtype = build(args.shape, device)
     for model in (dllm, reward):
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -271,6 +275,69 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'host_syncs':<18} {len(syncs):10d}  (in one guided step)")
         for site in sorted(set(syncs)):
             print(f"    {syncs.count(site):3d} x {site}")
+    if args.json is not None:
+        run.write_json_atomically(args.json, figures)
+    return figures
+
+
+THROUGHPUT_BATCHES = (1, 4, 8)
+
+
+def throughput(args, device: torch.device) -> dict:
+    """Records per second of `run.py --prompts`'s batches: B prompts x K trajectories per forward.
+
+    One record = one prompt's K guided (entrgi) responses, generated whole: T denoising
+    steps, each one denoiser forward and M reward forward+backward passes over the B x K
+    rows, with per-prompt random streams (rng.CounterRNG), as `run.generate_batch` does.
+    Shapes: K = 4, M = 3, a 64-token prompt (B different ones, left-padded), L = 32 and
+    T = 8 at `tiny` on the CPU, L = 128 and T = 8 at `dream-7b` on CUDA (a 128-step record
+    costs about 16 times as long). Each B: --warmup untimed batches, then the median of
+    --repeat; records_per_s = B / median seconds, all Bs in one process, in turn.
+    """
+    from rng import CounterRNG, stream_key
+
+    dllm, tokenizer, reward, reward_tokenizer, mask_id, dtype = build(args.shape, device)
+    for model in (dllm, reward):
+        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    L = 32 if args.shape == "tiny" else 128
+    config = SamplingConfig(K=4, max_new_tokens=L, M=3, T=8, top_p=args.top_p)
+    bridge = rewards.vocab_bridge(tokenizer, reward_tokenizer, dllm.config.vocab_size)
+    embed_matrix = rewards.bridged_embeddings(reward.get_input_embeddings().weight, bridge)  # (V, d)
+    reading = rewards.response_reading(dllm.config.vocab_size, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    denoise = sampler.dream_denoiser(dllm)
+    words = (PROMPT * 4).split()
+    texts = [" ".join(words[i:]) for i in range(max(THROUGHPUT_BATCHES))]  # B different prompts
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS] for t in texts]
+
+    def batch(B: int) -> None:
+        ids, keep = rewards.left_pad(rows[:B], tokenizer.pad_token_id)  # (B, P)
+        scorer = rewards.EmbeddingScorer(reward, reward_tokenizer, texts[:B], K=config.K, reading=reading)
+        streams = CounterRNG(torch.tensor([stream_key(0, str(i)) for i in range(B)], device=device))  # (B,)
+        guidance = sampler.reward_guidance(scorer, embed_matrix, config, streams)
+        with torch.no_grad():
+            sampler.generate(denoise, ids.to(device), keep.to(device), config, mask_id=mask_id,
+                             eos_id=[tokenizer.eos_token_id], guidance=guidance, generator=streams)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    figures = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "torch": torch.__version__, "device": str(device),
+                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+               "shapes": {"shape": args.shape, "K": config.K, "L": L, "T": config.T, "M": config.M,
+                          "prompt_tokens": PROMPT_TOKENS, "warmup": args.warmup, "repeat": args.repeat},
+               "records_per_s": {}}
+    for B in THROUGHPUT_BATCHES:
+        for _ in range(args.warmup):
+            batch(B)
+        times = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            batch(B)
+            times.append(time.perf_counter() - started)
+        figures["records_per_s"][B] = B / statistics.median(times)
+        print(f"B = {B}:  {figures['records_per_s'][B]:8.3f} records/s  (median of {args.repeat})", flush=True)
+    figures["speedup_8_over_1"] = figures["records_per_s"][8] / figures["records_per_s"][1]
+    print(f"B = 8 / B = 1:  {figures['speedup_8_over_1']:.2f}x")
     if args.json is not None:
         run.write_json_atomically(args.json, figures)
     return figures

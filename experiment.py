@@ -1,0 +1,321 @@
+"""The paper's experiment around `run.py --prompts`: the prompts file, the records on disk, the summary.
+
+`run.py` holds the loop (models load once; per (method, seed) the prompts run in batches
+of B); this module holds what the loop reads and writes, as plain functions:
+
+    read_prompts(FILE)            .jsonl ({"prompt": ..., "id": ..., other fields carried}) or .txt (id = line number)
+    fingerprint(settings)         sha256 of every setting that changes a record's result
+    Store(DIR, rank, world)       records appended one whole line at a time, fsync'ed; resume; merge
+    summarise(records, ...)       per method: mean Top@1 / Avg@N over prompts x seeds, 95 % bootstrap
+                                  interval, and the paired difference to `bon` (same prompt and seed)
+    Distributed.from_env()        torchrun's RANK / WORLD_SIZE / LOCAL_RANK, gloo process group
+
+Files in DIR:
+
+    config.json              the full configuration, its fingerprint, library versions (atomic write)
+    records.jsonl            one record per (prompt, method, seed), in the prompts file's order,
+                             then methods, then seeds; rewritten atomically at the end of a run
+    records.rank<R>.jsonl    a torchrun rank's records while the run is going (merged, then removed)
+
+A record's key is (prompt id, method, seed); its `fingerprint` field must equal the run's.
+With one process the records are appended to records.jsonl itself. A line without its
+newline (a process killed in the middle of a write) is torn: it is dropped on reading and
+cut off before the next append, so a resumed run redoes exactly the missing records.
+
+Bootstrap: R = 10,000 resamples with replacement of the n values (records in the file's
+order), drawn by `torch.randint(n, (R, n), generator=torch.Generator().manual_seed(0))`,
+fresh for each statistic; the interval is the 2.5 % and 97.5 % quantiles of the R means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from models import UsageError, first_line
+
+RECORDS = "records.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+# --------------------------------------------------------------------------- the prompts file
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    id: str | int  # as written in the file (a .txt prompt's id is its line number)
+    text: str
+    fields: dict  # the .jsonl object's other fields, carried into the records
+    where: str  # "FILE line N", for error messages
+
+    @property
+    def key(self) -> str:
+        """The id as records are keyed by (so 3 and "3" are the same id)."""
+        return str(self.id)
+
+
+def read_prompts(path: str) -> list[Prompt]:
+    """Every prompt of a .jsonl or .txt file, or a UsageError naming the first bad line."""
+    file = Path(path)
+    if file.suffix not in (".jsonl", ".txt"):
+        raise UsageError(f"--prompts {path}: expected a .jsonl or .txt file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--prompts {path} cannot be read: {first_line(error)}") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line
+    prompts, seen = [], {}
+    for number, line in enumerate(lines, start=1):
+        where = f"{path} line {number}"
+        line = line.removesuffix("\r")
+        if file.suffix == ".txt":
+            item = {"prompt": line}
+        else:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{where}: not JSON ({error.msg})") from None
+            if not isinstance(item, dict):
+                raise UsageError(f"{where}: expected a JSON object with a \"prompt\" field")
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError(f"{where}: " + ("no \"prompt\" field" if "prompt" not in item else
+                                             "the prompt is empty" if isinstance(prompt, str) else
+                                             "the prompt is not a string"))
+        prompt_id = item.get("id", number)
+        if isinstance(prompt_id, bool) or not isinstance(prompt_id, (int, str)) or str(prompt_id).strip() == "":
+            raise UsageError(f"{where}: the id must be a non-empty string or an integer, got {prompt_id!r}")
+        if str(prompt_id) in seen:
+            raise UsageError(f"{where}: duplicate id {prompt_id!r} (first on line {seen[str(prompt_id)]})")
+        seen[str(prompt_id)] = number
+        fields = {k: v for k, v in item.items() if k not in ("prompt", "id")}
+        prompts.append(Prompt(prompt_id, prompt, fields, where))
+    if not prompts:
+        raise UsageError(f"--prompts {path} holds no prompt")
+    return prompts
+
+
+# --------------------------------------------------------------------------- records on disk
+
+
+def fingerprint(settings: dict) -> str:
+    """sha256 of the canonical JSON of `settings` (first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_key(record: dict) -> tuple[str, str, int]:
+    return str(record["id"]), record["method"], record["seed"]
+
+
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """The complete records of one file and the number of bytes they fill; a torn last line is left out.
+
+    Records are appended as one write of a JSON object and its newline, and json.dumps writes
+    no raw newline, so every newline-terminated line is whole: what follows the last newline
+    is a torn write (dropped), and a newline-terminated line that is not a record is an error.
+    """
+    data = path.read_bytes() if path.exists() else b""
+    lines = data.split(b"\n")[:-1]  # the last piece follows the last newline: torn, or empty
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            record_key(record)
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{path} line {number} is not a record") from None
+        records.append(record)
+    return records, sum(len(line) + 1 for line in lines)
+
+
+class Store:
+    """The records of one output directory, as seen by one process (`rank` of `world`)."""
+
+    def __init__(self, directory: Path, rank: int = 0, world: int = 1):
+        self.directory, self.rank, self.world = directory, rank, world
+        self.own = directory / (RECORDS if world == 1 else f"records.rank{rank}.jsonl")
+        self._handle = None
+
+    def files(self) -> list[Path]:
+        return [self.directory / RECORDS] + sorted(self.directory.glob("records.rank*.jsonl"))
+
+    def read(self) -> dict[tuple, dict]:
+        """Every complete record in the directory by key (the first copy of a key wins)."""
+        found: dict[tuple, dict] = {}
+        for path in self.files():
+            for record in read_records(path)[0]:
+                found.setdefault(record_key(record), record)
+        return found
+
+    def prepare(self, fingerprint: str, resume: bool) -> dict[tuple, dict]:
+        """Check the directory for a (resumed) run with `fingerprint`; return the records already done.
+
+        Without --resume the directory must be new or empty. With it, config.json and every
+        record must carry the same fingerprint.
+        """
+        d = self.directory
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"--output-dir {d} is a file")
+        entries = [p for p in d.iterdir() if not p.name.startswith(".")] if d.exists() else []
+        if entries and not resume:
+            raise UsageError(f"--output-dir {d} is not empty; pass --resume to continue the run it holds")
+        if not entries:
+            return {}
+        config = d / CONFIG
+        if config.exists():
+            try:
+                theirs = json.loads(config.read_text()).get("fingerprint")
+            except (OSError, ValueError, AttributeError):
+                raise UsageError(f"{config} is not a configuration this program wrote") from None
+            if theirs != fingerprint:
+                raise UsageError(f"--resume: {d} was written with other settings (fingerprint {theirs}, "
+                                 f"these give {fingerprint}; {CONFIG} lists them)")
+        done = self.read()
+        other = next((r for r in done.values() if r.get("fingerprint") != fingerprint), None)
+        if other is not None:
+            raise UsageError(f"--resume: {d} holds records written with other settings "
+                             f"(fingerprint {other.get('fingerprint')}, these give {fingerprint})")
+        return done
+
+    def append(self, records: list[dict]) -> None:
+        """Append each record as one whole line, then flush and fsync (before the next batch starts)."""
+        if self._handle is None:
+            _, good = read_records(self.own)
+            self._handle = open(self.own, "ab")
+            self._handle.truncate(good)  # a torn last line is cut off before anything follows it
+        for record in records:
+            self._handle.write((json.dumps(record) + "\n").encode())
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def merge(self, order: list[tuple]) -> list[dict]:
+        """Rewrite records.jsonl atomically with every record in the directory, keys of `order` first
+        in that order (then any others, as found), and remove the rank files. Returns `order`'s records."""
+        self.close()
+        found = self.read()
+        ordered = [found[key] for key in order if key in found]
+        rest = [record for key, record in found.items() if key not in set(order)]
+        target = self.directory / RECORDS
+        tmp = self.directory / f".{RECORDS}.tmp"
+        with open(tmp, "wb") as handle:
+            for record in ordered + rest:
+                handle.write((json.dumps(record) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        for path in self.files()[1:]:
+            path.unlink()
+        return ordered
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def bootstrap(values: list[float]) -> dict:
+    """Mean and 95 % percentile bootstrap interval (module docstring: seed, resamples)."""
+    x = torch.tensor(values, dtype=torch.float64)  # (n,)
+    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
+    index = torch.randint(len(x), (BOOTSTRAP_RESAMPLES, len(x)), generator=generator)  # (R, n)
+    means = x[index].mean(1)  # (R,)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"mean": x.mean().item(), "ci95": [low, high], "n": len(values)}
+
+
+def summarise(records: list[dict], methods: list[str], with_eval: bool) -> dict:
+    """Per method: Top@1 and Avg@N (and the eval model's) over its records, and paired differences to bon."""
+    metrics = ["top1_reward", "avgN_reward"] + (["eval_top1_reward", "eval_avgN_reward"] if with_eval else [])
+    by_method = {m: [r for r in records if r["method"] == m] for m in methods}
+    bon = {(str(r["id"]), r["seed"]): r for r in by_method.get("bon", [])}
+    summary = {}
+    for method, rows in by_method.items():
+        if not rows:
+            continue
+        entry = {metric: bootstrap([r[metric] for r in rows]) for metric in metrics}
+        pairs = [(r, bon[(str(r["id"]), r["seed"])]) for r in rows if (str(r["id"]), r["seed"]) in bon]
+        if method != "bon" and pairs:
+            entry["minus_bon"] = {metric: bootstrap([r[metric] - b[metric] for r, b in pairs]) for metric in metrics}
+        summary[method] = entry
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The summary as a text table: mean [95 % interval] per metric, and the paired difference to bon."""
+    metrics = [m for m in ("top1_reward", "avgN_reward", "eval_top1_reward", "eval_avgN_reward")
+               if any(m in e for e in summary.values())]
+    names = {"top1_reward": "Top@1", "avgN_reward": "Avg@N", "eval_top1_reward": "eval Top@1",
+             "eval_avgN_reward": "eval Avg@N"}
+    cell = lambda s: f"{s['mean']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"  # noqa: E731
+    header = ["method", "n"] + [names[m] for m in metrics] + [f"{names[m]} - bon" for m in metrics]
+    rows = [header]
+    for method, entry in summary.items():
+        diff = entry.get("minus_bon", {})
+        rows.append([method, str(entry[metrics[0]]["n"])] + [cell(entry[m]) for m in metrics]
+                    + [cell(diff[m]) if m in diff else "-" for m in metrics])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+@dataclasses.dataclass
+class Distributed:
+    """This process's place under torchrun (rank 0 of 1 without it). Only control messages cross
+    processes (the work list, barriers), so the gloo backend serves on CPU and GPU alike."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def from_rank0(self, compute):
+        """compute() on rank 0, its value (or its UsageError) on every rank."""
+        outcome = [None]
+        if self.rank == 0:
+            try:
+                outcome = [("ok", compute())]
+            except UsageError as error:
+                outcome = [("error", str(error))]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(outcome, src=0)
+        kind, value = outcome[0]
+        if kind == "error":
+            raise UsageError(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

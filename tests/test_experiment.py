@@ -1,0 +1,356 @@
+"""Tests of `run.py --prompts`: the paper's experiment, many prompts per model load.
+
+What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run takes seconds):
+
+* `rng.CounterRNG` is splitmix64 as written in its docstring (checked against a pure-Python
+  reference), its numbers for one prompt do not depend on the other prompts drawn with it,
+  and `entrgi.uniform` with a torch.Generator is exactly torch.rand (the single-run path);
+* batch invariance: B = 1, 2, 3 give the same records -- the same tokens, texts and best
+  response bit for bit; the rewards and the mean entropy weight agree to 1e-5 (float32
+  sums over a batch of left-padded rows differ in the last bits, in the denoiser and the
+  reward model, README "Many prompts"); a 2-process torchrun (gloo) run merges into the
+  same records;
+* every bad prompts file (not JSON, not an object, no / an empty / a non-string prompt, a
+  bad or duplicate id, a blank .txt line, a prompt beyond the context, no prompt at all, a
+  wrong suffix) and every bad experiment option is one `error:` line naming the line, exit
+  2, before any weight loads, with nothing written;
+* resume: a run killed with SIGKILL after its first record, and a directory whose last line
+  is torn, end after `--resume` with exactly the records of an uninterrupted run (none
+  missing, none twice, no torn line); resuming under other settings, or reusing a non-empty
+  directory without --resume, is a one-line error that leaves the directory as it was;
+* summary.json's means, bootstrap intervals and paired differences to bon follow from
+  records.jsonl (recomputed here with the documented bootstrap), and --eval-reward-model
+  scores every response with the second model (here the same tiny model: the same scores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import entrgi  # noqa: E402
+import experiment  # noqa: E402
+import rng  # noqa: E402
+import run  # noqa: E402
+
+ROOT = Path(run.__file__).resolve().parent
+PROMPTS = [  # different lengths, so batches are left-padded
+    {"prompt": "Write a short poem about the sea.", "id": "sea", "topic": "poetry"},
+    {"prompt": "Explain why the sky is blue, in two sentences or three."},
+    {"prompt": "Why?", "id": 7},
+]
+BASE = ["--dllm", "tiny", "--reward-model", "tiny", "--device", "cpu", "--T", "4", "--max-new-tokens", "6", "--K", "2",
+        "--no-progress"]
+TINY = BASE + ["--methods", "entrgi,bon", "--seeds", "0", "--eval-reward-model", "tiny"]
+EXACT = ("id", "prompt", "fields", "method", "seed", "fingerprint", "responses", "response_tokens", "best_response")
+FLOATS = ("mean_entropy_weight", "rewards", "token_rewards", "eval_rewards", "top1_reward", "avgN_reward", "eval_top1_reward",
+          "eval_avgN_reward")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def write_prompts(path: Path, items=PROMPTS) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def experiment_run(prompts: Path, out: Path, *extra: str) -> int:
+    return run.main(["--prompts", str(prompts), "--output-dir", str(out), *TINY, *extra])
+
+
+def records(out: Path) -> list[dict]:
+    text = (out / "records.jsonl").read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_same_records(these: list[dict], those: list[dict], exact_floats: bool) -> None:
+    """Same keys in the same order; EXACT fields equal; FLOATS equal (or to 1e-5: batch effects)."""
+    assert [experiment.record_key(r) for r in these] == [experiment.record_key(r) for r in those]
+    for a, b in zip(these, those):
+        assert {k: a[k] for k in EXACT} == {k: b[k] for k in EXACT}
+        for name in FLOATS:
+            if exact_floats:
+                assert a[name] == b[name], name
+            else:
+                assert (a[name] is None) == (b[name] is None), name  # (bon has no entropy weight)
+                if a[name] is not None:
+                    assert torch.allclose(torch.tensor(a[name]), torch.tensor(b[name]), rtol=0, atol=1e-5), name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The experiment at B = 1, 2, 3 (one model load each), in-process: {B: output directory}."""
+    root = tmp_path_factory.mktemp("runs")
+    prompts = write_prompts(root / "prompts.jsonl")
+    outs = {}
+    for B in (1, 2, 3):
+        outs[B] = root / f"B{B}"
+        assert experiment_run(prompts, outs[B], "--batch-size", str(B)) == 0
+    return prompts, outs
+
+
+# --------------------------------------------------------------------------- the random streams
+
+
+def reference_uniform(key: int, counter: int, j: int) -> float:
+    """rng.CounterRNG's formula in Python integers (unsigned 64-bit arithmetic)."""
+    mask, golden = (1 << 64) - 1, 0x9E3779B97F4A7C15
+
+    def mix(x):
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    stream = mix((key + counter * golden) & mask)
+    return (mix((stream + (j + 1) * golden) & mask) >> 40) / 2**24
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), names=st.lists(st.text(max_size=5), min_size=1, max_size=4, unique=True),
+       K=st.integers(1, 3), width=st.integers(1, 4), draws=st.integers(1, 3))
+def test_counter_rng_is_its_formula_and_per_prompt(seed, names, K, width, draws):
+    keys = [rng.stream_key(seed, name) for name in names]
+    together = rng.CounterRNG(torch.tensor(keys))
+    alone = [rng.CounterRNG(torch.tensor([key])) for key in keys]
+    for c in range(1, draws + 1):
+        u = entrgi.uniform((len(keys) * K, width), together)  # (B K, width)
+        assert u.dtype == torch.float32 and 0 <= u.min() and u.max() < 1
+        for b, key in enumerate(keys):
+            block = u[b * K:(b + 1) * K]  # (K, width)
+            assert torch.equal(block, alone[b].uniform((K, width)))  # not depending on the other prompts
+            assert block.flatten().tolist() == [reference_uniform(key % 2**64, c, j) for j in range(K * width)]
+
+
+def test_uniform_with_a_torch_generator_is_torch_rand():
+    a = entrgi.uniform((3, 5), torch.Generator().manual_seed(11))
+    assert torch.equal(a, torch.rand((3, 5), generator=torch.Generator().manual_seed(11)))
+
+
+def test_counter_rng_is_uniform():
+    u = rng.CounterRNG(torch.tensor([rng.stream_key(0, "a"), rng.stream_key(0, "b")])).uniform((2, 50_000))
+    counts = torch.histc(u, bins=10, min=0, max=1)  # 10,000 expected per bin
+    chi2 = ((counts - 10_000) ** 2 / 10_000).sum().item()
+    assert chi2 < 40  # 9 degrees of freedom: P(chi2 > 40) < 1e-5
+
+
+# --------------------------------------------------------------------------- batch invariance
+
+
+def test_records_do_not_depend_on_the_batch_size(runs):
+    _, outs = runs
+    one = records(outs[1])
+    assert len(one) == len(PROMPTS) * 2
+    for B in (2, 3):
+        assert_same_records(records(outs[B]), one, exact_floats=False)
+
+
+def test_two_processes_equal_one(runs, tmp_path):
+    """torchrun with 2 gloo processes on the CPU: each writes its shard, rank 0 merges."""
+    prompts, outs = runs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(ROOT / "run.py"), "--prompts", str(prompts),
+                           "--output-dir", str(out), "--batch-size", "2", *TINY],
+                          env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json"]
+    assert_same_records(records(out), records(outs[2]), exact_floats=False)
+    assert json.loads((out / "config.json").read_text())["processes"] == 2
+
+
+# --------------------------------------------------------------------------- records and summary
+
+
+def test_records_carry_the_prompt_the_result_and_the_cost(runs):
+    _, outs = runs
+    for record in records(outs[2]):
+        assert len(record["responses"]) == len(record["rewards"]) == 2
+        assert record["top1_reward"] == max(record["rewards"])
+        assert record["best_response"] == record["responses"][record["rewards"].index(max(record["rewards"]))]
+        assert record["eval_rewards"] == record["rewards"]  # the eval model is the same tiny model here
+        assert (record["mean_entropy_weight"] is None) == (record["method"] == "bon")
+        cost = record["cost"]
+        assert cost["denoiser_forwards"] == 4  # T, shared by the batch
+        assert cost["reward_forward_backward"] == (4 * 3 if record["method"] == "entrgi" else 0)  # T x M
+        assert cost["reward_forwards"] == 3 and cost["wall_seconds"] > 0 and cost["peak_memory_bytes"] > 0
+    first = records(outs[2])[0]
+    assert (first["id"], first["fields"]) == ("sea", {"topic": "poetry"})
+    config = json.loads((outs[2] / "config.json").read_text())
+    assert config["versions"]["torch"] == torch.__version__ and config["settings"]["sampling"]["T"] == 4
+
+
+def bootstrap_again(values: list[float]) -> tuple[float, list[float]]:
+    """The module docstring's bootstrap, written out again."""
+    x = torch.tensor(values, dtype=torch.float64)
+    index = torch.randint(len(x), (10_000, len(x)), generator=torch.Generator().manual_seed(0))
+    means = x[index].mean(1)
+    return x.mean().item(), [torch.quantile(means, q).item() for q in (0.025, 0.975)]
+
+
+def test_summary_follows_from_the_records(runs, capsys):
+    _, outs = runs
+    rows = records(outs[1])
+    summary = json.loads((outs[1] / "summary.json").read_text())["methods"]
+    bon = {(r["id"], r["seed"]): r for r in rows if r["method"] == "bon"}
+    for method in ("entrgi", "bon"):
+        mine = [r for r in rows if r["method"] == method]
+        for metric in ("top1_reward", "avgN_reward", "eval_top1_reward"):
+            mean, ci = bootstrap_again([r[metric] for r in mine])
+            assert summary[method][metric]["mean"] == pytest.approx(mean, abs=1e-12)
+            assert summary[method][metric]["ci95"] == pytest.approx(ci, abs=1e-12)
+            assert ci[0] <= mean <= ci[1]
+    diff = [r["top1_reward"] - bon[(r["id"], r["seed"])]["top1_reward"] for r in rows if r["method"] == "entrgi"]
+    mean, ci = bootstrap_again(diff)
+    assert summary["entrgi"]["minus_bon"]["top1_reward"]["mean"] == pytest.approx(mean, abs=1e-12)
+    assert summary["entrgi"]["minus_bon"]["top1_reward"]["ci95"] == pytest.approx(ci, abs=1e-12)
+    assert "minus_bon" not in summary["bon"]
+    table = experiment.table(summary)
+    assert "eval Top@1" in table and f"{summary['entrgi']['top1_reward']['mean']:+.3f}" in table
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_after_sigkill(runs, tmp_path):
+    """SIGKILL once the first record is on disk, then --resume: the records of the uninterrupted run."""
+    prompts, outs = runs
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir",
+                              str(out), "--batch-size", "1", *TINY], env=env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = out / "records.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None and not (target.exists() and target.read_bytes()):
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    assert target.read_bytes().count(b"\n") < len(PROMPTS) * 2  # killed mid-run (the last line may be torn)
+    assert experiment_run(prompts, out, "--batch-size", "1", "--resume") == 0
+    assert_same_records(records(out), records(outs[1]), exact_floats=True)
+
+
+def test_resume_drops_a_torn_last_line(runs, tmp_path):
+    prompts, outs = runs
+    out = tmp_path / "torn"
+    shutil.copytree(outs[2], out)
+    lines = (out / "records.jsonl").read_bytes().split(b"\n")[:-1]
+    torn = b"\n".join(lines[:-2]) + b"\n" + lines[-2][: len(lines[-2]) // 2]  # last record gone, one torn
+    (out / "records.jsonl").write_bytes(torn)
+    (out / "summary.json").unlink()
+    assert experiment_run(prompts, out, "--batch-size", "2", "--resume") == 0
+    assert_same_records(records(out), records(outs[2]), exact_floats=False)
+
+
+def test_resume_under_other_settings_is_refused(runs, tmp_path, capsys):
+    prompts, outs = runs
+    out = tmp_path / "other"
+    shutil.copytree(outs[2], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert experiment_run(prompts, out, "--resume", "--temperature", "0.9") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --resume:") and "other settings" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert experiment_run(prompts, out) == 2  # no --resume
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path):
+    prompts, outs = runs
+    out = tmp_path / "again"
+    shutil.copytree(outs[3], out)
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "2") == 0
+    assert records(out) == records(outs[3])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+BAD_FILES = {
+    "not JSON": ('{"prompt": "a"}\n{"prompt": \n', ".jsonl", "line 2: not JSON"),
+    "not an object": ('{"prompt": "a"}\n["b"]\n', ".jsonl", "line 2: expected a JSON object"),
+    "no prompt": ('{"id": 1}\n', ".jsonl", "line 1: no \"prompt\" field"),
+    "empty prompt": ('{"prompt": "a"}\n{"prompt": "  "}\n', ".jsonl", "line 2: the prompt is empty"),
+    "prompt not a string": ('{"prompt": 3}\n', ".jsonl", "line 1: the prompt is not a string"),
+    "bad id": ('{"prompt": "a", "id": [1]}\n', ".jsonl", "line 1: the id must be"),
+    "duplicate id": ('{"prompt": "a", "id": "x"}\n{"prompt": "b"}\n{"prompt": "c", "id": "x"}\n', ".jsonl",
+                     "line 3: duplicate id 'x' (first on line 1)"),
+    "id equal to a line number": ('{"prompt": "a", "id": 2}\n{"prompt": "b"}\n', ".jsonl", "line 2: duplicate id 2"),
+    "blank txt line": ("a\n\nb\n", ".txt", "line 2: the prompt is empty"),
+    "too long": ('{"prompt": "a"}\n' + json.dumps({"prompt": "the sea " * 300}) + "\n", ".jsonl",
+                 "line 2: prompt ("),
+    "no prompt at all": ("", ".txt", "holds no prompt"),
+    "wrong suffix": ("a\n", ".csv", "expected a .jsonl or .txt file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_prompts_file(case, tmp_path, capsys, monkeypatch):
+    text, suffix, words = BAD_FILES[case]
+    path = tmp_path / f"prompts{suffix}"
+    path.write_text(text)
+    monkeypatch.setattr(run, "load", lambda *a: pytest.fail("weights loaded before the file was checked"))
+    out = tmp_path / "out"
+    assert run.main(["--prompts", str(path), "--output-dir", str(out), *TINY]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: ") and words in captured.err, captured.err
+    assert not out.exists() and captured.out == ""
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--output-dir", "{out}", "--methods", "entrgi,foo"], "method must be one of"),
+    (["--output-dir", "{out}", "--methods", "bon,bon"], "distinct"),
+    (["--output-dir", "{out}", "--seeds", "0,x"], "--seeds must be"),
+    (["--output-dir", "{out}", "--seeds", "-1"], "--seeds must be in"),
+    (["--output-dir", "{out}", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--output-dir", "{out}", "--output", "{out}.json"], "are for --prompt runs"),
+    ([], "--prompts needs --output-dir"),
+])
+def test_bad_experiment_options(flags, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run, "load", lambda *a: pytest.fail("weights loaded"))
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    out = tmp_path / "out"
+    argv = ["--prompts", str(prompts), *[f.format(out=out) for f in flags], *BASE]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err, err
+    assert not out.exists()
+
+
+def test_single_run_refuses_experiment_options_and_both_sources(tmp_path, capsys):
+    assert run.main(["--prompt", "hi", "--output-dir", str(tmp_path / "o"), "--dllm", "tiny"]) == 2
+    assert capsys.readouterr().err == "error: --output-dir is for --prompts runs\n"
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--prompt", "hi", "--prompts", "p.txt"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
