@@ -65,6 +65,18 @@ def entropy_weight(logits: Tensor) -> Tensor:
     return weight.clamp(0.0, 1.0)  # rounding can leave H a hair outside [0, log V]
 
 
+def tempered_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """softmax(phi / tau) in float32, computed as softmax((phi - sg(max phi)) / tau). (..., V) -> (..., V).
+
+    The same distribution (softmax is shift invariant, and the max carries no gradient), but
+    finite for every tau > 0: the largest scaled logit is 0 and the others are <= 0, so a tiny
+    tau gives the argmax limit where phi / tau would overflow to inf - inf = NaN.
+    """
+    logits = logits.float()  # (..., V)
+    shifted = logits - logits.amax(-1, keepdim=True).detach()  # (..., V) <= 0, the max at 0
+    return torch.softmax(shifted / temperature, dim=-1)  # (..., V)
+
+
 def soft_embedding(logits: Tensor, embed_matrix: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """The continuous relaxation soft = softmax(logits / tau) @ E, and q_tau = softmax(logits / tau).
 
@@ -75,7 +87,7 @@ def soft_embedding(logits: Tensor, embed_matrix: Tensor, temperature: float = 1.
     """
 
     def relax(logits: Tensor) -> tuple[Tensor, Tensor]:
-        q_tau = torch.softmax(logits.float() / temperature, dim=-1)  # (..., V)
+        q_tau = tempered_softmax(logits, temperature)  # (..., V)
         return q_tau.to(embed_matrix.dtype) @ embed_matrix, q_tau  # (..., d), (..., V)
 
     soft, q_tau = checkpoint(relax, logits, use_reentrant=False, preserve_rng_state=False)

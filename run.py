@@ -470,7 +470,7 @@ def run_experiment(args) -> int:
     ddp = experiment.Distributed.from_env()
     try:
         return experiment_loop(args, ddp)
-    except UsageError as error:
+    except (UsageError, sampler.NonFiniteError) as error:
         if ddp.rank == 0:
             print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_experiment(args)
     try:
         result = run(args)
-    except UsageError as error:  # bad input only: any other exception is a bug and keeps its traceback
+    except (UsageError, sampler.NonFiniteError) as error:  # bad input; any other exception keeps its traceback
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
     if "plan" in result:

@@ -63,9 +63,14 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical, uniform
+from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical, tempered_softmax, uniform
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
+TINIEST_TEMPERATURE = torch.finfo(torch.float32).tiny  # 1.18e-38: 1 / tau is finite in float32 above it
+
+
+class NonFiniteError(FloatingPointError):
+    """A draw distribution was not a distribution (NaN or inf probabilities) at some denoising step."""
 CONFIDENCE_SOURCES = ("authors", "filtered", "unguided")
 CONFIDENCE_READS = {
     # source -> alg -> the distribution the confidence reads (see the module docstring):
@@ -147,6 +152,9 @@ class SamplingConfig:
              f"temperature must be finite and >= 0, got {self.temperature}"),
             (self.temperature > 0 or not self.guided,
              f"method {self.method} needs temperature > 0 (the relaxation divides by it)"),
+            (self.temperature == 0 or self.temperature >= TINIEST_TEMPERATURE,
+             f"temperature must be 0 or >= {TINIEST_TEMPERATURE:.3g} (float32's smallest normal number: "
+             f"below it 1 / tau overflows), got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
             (0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}"),
@@ -209,8 +217,10 @@ def token_distributions(logits: Tensor, temperature: float, top_p: float | None,
     (..., V) -> (..., V), (..., V) float32. One softmax: the filter starts from p (and is p
     itself when top_p = 1 and top_k is off).
     """
-    scaled = logits.float() / temperature if temperature > 0 else logits.float()  # (..., V)
-    unfiltered = torch.softmax(scaled, dim=-1)  # (..., V)
+    if temperature > 0:
+        unfiltered = tempered_softmax(logits, temperature)  # (..., V) finite for any tau > 0
+    else:
+        unfiltered = torch.softmax(logits.float(), dim=-1)  # (..., V) greedy: only its argmax is used
     return unfiltered, filter_probs(unfiltered, top_p, top_k)  # (..., V), (..., V)
 
 
@@ -279,6 +289,8 @@ def generate(
     draw of any gets confidence -inf. `on_step(i, ids (N, S))` is called after each step.
     All randomness comes from `generator`: a torch.Generator, or an `rng.CounterRNG`
     with one stream per prompt (then a prompt's draws do not depend on its batch).
+    Raises NonFiniteError, after the last step, if any drawn token had probability NaN or 0
+    (a broken distribution: NaN logits, or guidance overflowing at a tiny temperature).
     """
     K, L, T = config.K, config.max_new_tokens, config.T
     P = prompt_ids.shape[1]
@@ -300,6 +312,8 @@ def generate(
     end_ids = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
                            dtype=torch.long, device=device)  # (E,) the end-of-response tokens
 
+    healthy = torch.ones((), dtype=torch.bool, device=device)  # every drawn token had probability > 0 (not NaN)
+
     for i in range(T):
         response = ids[:, P:]  # (N, L)
         masked = response == mask_id  # (N, L)
@@ -318,6 +332,7 @@ def generate(
             if guided is not logits:  # (M = 0 returns the logits themselves)
                 guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
         tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
+        healthy &= (guided_probs.gather(-1, tokens.unsqueeze(-1)) > 0).all()  # a NaN row fails: NaN > 0 is False
         if origin:
             draw = uniform(block_masked.shape, generator, device)  # (N, n)
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
@@ -332,6 +347,10 @@ def generate(
         ids = torch.cat([ids[:, :P], response.scatter(1, positions, placed)], dim=1)  # (N, S)
         if on_step is not None:
             on_step(i, ids)
+    if not healthy:  # one host sync, after the loop
+        raise NonFiniteError("the draw distribution held NaN or inf at some denoising step: non-finite logits from "
+                             f"the denoiser, or guidance overflowing (temperature {config.temperature:g}: the gradient "
+                             "through softmax(phi / tau) grows as 1 / tau)")
     return rearrange(ids[:, P:], "(b k) l -> b k l", k=K)
 
 

@@ -44,6 +44,7 @@ from entrgi import (
     reward_inputs,
     sample_categorical,
     soft_embedding,
+    tempered_softmax,
 )
 
 # --------------------------------------------------------------------------- shared helpers
@@ -269,9 +270,9 @@ def test_reward_inputs_uses_the_callers_soft(p: Problem, method: str):
 @FAST
 @given(p=problems())
 def test_soft_embedding_is_the_plain_relaxation_keeping_only_logits(p: Problem):
-    """soft and q_tau equal softmax(logits / tau) @ E and softmax(logits / tau), the gradient equals plain
-    autograd's (bitwise: the checkpoint recomputes the same ops), q_tau carries no gradient, and the only
-    tensor autograd keeps for the backward is the logits themselves."""
+    """soft and q_tau equal softmax((logits - max) / tau) @ E and softmax((logits - max) / tau) (tempered_softmax,
+    softmax(logits / tau) to rounding), the gradient equals plain autograd's (bitwise: the checkpoint recomputes
+    the same ops), q_tau carries no gradient, and the only tensor autograd keeps for the backward is the logits."""
     logits = p.logits.clone().requires_grad_(True)
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
@@ -281,8 +282,9 @@ def test_soft_embedding_is_the_plain_relaxation_keeping_only_logits(p: Problem):
     (p.coef * soft**2).sum().backward()
 
     plain = p.logits.clone().requires_grad_(True)
-    plain_q = torch.softmax(plain / p.temperature, -1)
+    plain_q = torch.softmax((plain - plain.amax(-1, keepdim=True).detach()) / p.temperature, -1)
     plain_soft = plain_q @ p.embed
+    torch.testing.assert_close(plain_q, torch.softmax(p.logits / p.temperature, -1), rtol=1e-5, atol=1e-7)
     (p.coef * plain_soft**2).sum().backward()
     assert torch.equal(q_tau, plain_q.detach()) and torch.equal(soft.detach(), plain_soft.detach())
     assert torch.equal(logits.grad, plain.grad)
@@ -719,3 +721,23 @@ def test_sample_categorical_accepts_unnormalised_weights():
     expected = weights.double() / weights.sum()
     sigma = (expected * (1 - expected) / a.numel()).sqrt()
     assert ((freq - expected).abs() <= 5 * sigma + 1e-12).all(), freq
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, v=st.integers(2, 40), scale=st.sampled_from([1.0, 30.0, 1e4]),
+       tau=st.sampled_from([1e-45, 1e-40, 1e-30, 1e-6, 0.7, 5.0]))
+def test_tempered_softmax_is_finite_for_any_positive_temperature(seed, v, scale, tau):
+    """softmax(phi / tau) where it is finite; and for a tau so small that phi / tau overflows, still a
+    distribution (no NaN): the argmax limit, ties sharing the mass."""
+    g = gen(seed)
+    logits = torch.randn(3, v, generator=g) * scale  # (3, v)
+    logits[0, 0] = -math.inf  # a filtered-out entry, as the mask token's
+    q = tempered_softmax(logits, tau)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(-1), torch.ones(3), rtol=0, atol=1e-5)
+    scaled = logits / tau
+    if torch.isfinite(scaled[:, 1:]).all():
+        torch.testing.assert_close(q, torch.softmax(scaled, -1), rtol=1e-4, atol=1e-6)
+    if tau <= 1e-30 and scale >= 1:
+        top = logits == logits.amax(-1, keepdim=True)  # (3, v)
+        torch.testing.assert_close(q, top.float() / top.sum(-1, keepdim=True), rtol=0, atol=1e-6)

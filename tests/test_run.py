@@ -723,3 +723,43 @@ def test_decode_responses_stops_at_the_first_end_token():
     width = max(map(len, rows))
     tokens = torch.tensor([r + [endoftext] * (width - len(r)) for r in rows])
     assert run.decode_responses(tokenizer, tokens, [im_end, endoftext]) == ["the sea", "the sun", "no end at all"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tiny_temperature_gives_real_responses_or_one_line(method, capsys, tmp_path):
+    """--temperature 1e-37 (phi / tau overflows float32): responses of real tokens, never NaN rows and empty
+    output at exit 0 -- or, where guidance's gradient overflows, one error line, exit 2 and no file."""
+    output = tmp_path / "x.json"
+    status, out, err = cli(["--prompt", PROMPT, *TINY, "--method", method, "--temperature", "1e-37",
+                            "--output", str(output)], capsys)
+    if status == 0:
+        result = json.loads(output.read_text())
+        tokenizer_size = len(models.tiny_tokenizer(400))
+        assert all(t < tokenizer_size for row in result["response_tokens"] for t in row)  # no padding rows drawn
+        assert all(math.isfinite(r) for r in result["rewards"]) and any(result["responses"])
+    else:
+        assert status == 2 and len(err.splitlines()) == 1 and "NaN or inf" in err, err
+        assert not output.exists()
+    if method == "bon":
+        assert status == 0  # unguided: the argmax limit, computed stably
+
+
+def test_temperature_below_float32s_smallest_normal_is_rejected(capsys, tmp_path):
+    """--temperature 1e-40: 1 / tau overflows float32; a one-line usage error before any work."""
+    assert_usage_error(["--prompt", PROMPT, *TINY, "--temperature", "1e-40"], capsys, tmp_path, "temperature",
+                       "1.18e-38")
+
+
+def test_non_finite_denoiser_logits_are_a_clear_error(monkeypatch, capsys, tmp_path):
+    """A denoiser whose logits turn NaN: one line naming the problem, exit 2, no output -- not empty responses."""
+    real = sampler.dream_denoiser
+
+    def broken(model):
+        denoise = real(model)
+        return lambda *args: denoise(*args) * float("nan")
+
+    monkeypatch.setattr(sampler, "dream_denoiser", broken)
+    output = tmp_path / "x.json"
+    status, out, err = cli(["--prompt", PROMPT, *TINY, "--method", "bon", "--output", str(output)], capsys)
+    assert status == 2 and len(err.splitlines()) == 1 and "NaN or inf" in err, err
+    assert not output.exists() and "Top@1" not in out

@@ -48,7 +48,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrgi import filter_probs, sample_categorical
+from entrgi import filter_probs, sample_categorical, tempered_softmax
 from sampler import (
     ALGORITHMS,
     CONFIDENCE_SOURCES,
@@ -777,7 +777,8 @@ def test_token_distributions_one_softmax_and_its_filter(top_p, top_k):
     g = torch.Generator().manual_seed(0)
     logits = drawable(torch.randn(3, 5, V, generator=g) * 3)  # (3, 5, V)
     unfiltered, filtered = token_distributions(logits, 0.7, top_p, top_k)
-    assert torch.equal(unfiltered, torch.softmax(logits / 0.7, -1))
+    assert torch.equal(unfiltered, tempered_softmax(logits, 0.7))
+    torch.testing.assert_close(unfiltered, torch.softmax(logits / 0.7, -1), rtol=1e-5, atol=1e-7)
     assert torch.equal(filtered, filter_probs(unfiltered, top_p, top_k))
     assert torch.equal(filtered, token_probs(logits, 0.7, top_p, top_k))
     assert (filtered is unfiltered) == (top_p == 1.0 and top_k is None)
