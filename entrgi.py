@@ -13,6 +13,7 @@ matrix E (rows in the denoiser's vocabulary) and nudged by gradient ascent on R:
     w       = H(q) / log V                                  entropy weight in [0, 1], no gradient
     soft    = softmax(phi / tau) @ E                        continuous relaxation  (e~)
     x       ~ Categorical(filter(softmax(phi / tau)))       top-p / top-k kept, renormalised
+    filter: keep j iff sum_{i : q_i > q_j} q_i <= top_p * sum_i q_i, then q_j >= the k-th largest
     hard    = E[x]                                          real token embedding   (e-)
     e_hat   = soft + sg(w * (hard - soft))                  EntRGi input            (e^)
 

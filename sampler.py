@@ -7,6 +7,8 @@ masks are replaced by sampled tokens, and a token once placed never changes:
     n_fill(i) = floor(n_masked * (1 - s / t))    for i < T - 1;  n_fill(T - 1) = n_masked
     phi       = denoiser logits at the masked positions, mask token at -inf   (guided by the hook, if any)
     x         ~ filter(softmax(phi / tau))        filter = top-p / top-k, renormalised;  tau = 0 is argmax
+                                                  (top-p keeps j iff the mass strictly above q_j is <= top_p:
+                                                  the token that crosses top_p is kept, ties go together)
     c         = confidence of each draw           maskgit_plus: q(x);  topk_margin: q_(1) - q_(2);
                                                   entropy: -H(q)  (q = filter(softmax(phi / tau)), renormalised)
     fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last).
