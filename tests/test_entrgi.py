@@ -620,7 +620,7 @@ def prob_blocks(draw) -> torch.Tensor:
     if kind == "grid":
         logits = logits.round()  # many equal logits: ties
     elif kind == "copies" and v > 1:
-        logits[..., v // 2 :] = logits[..., : v - v // 2]  # every value twice (or more)
+        logits[..., v // 2 :] = logits[..., : v - v // 2].clone()  # every value twice (or more)
     elif kind == "near_uniform":
         logits = logits * 1e-6
     if draw(st.booleans()) and v > 1:
