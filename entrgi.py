@@ -13,6 +13,7 @@ matrix E (rows in the denoiser's vocabulary) and nudged by gradient ascent on R:
     w       = H(q) / log V                                  entropy weight in [0, 1], no gradient
     soft    = softmax(phi / tau) @ E                        continuous relaxation  (e~)
     x       ~ Categorical(filter(softmax(phi / tau)))       top-p / top-k kept, renormalised
+    filter: keep j iff sum_{i : q_i > q_j} q_i <= top_p * sum_i q_i, then q_j >= the k-th largest
     hard    = E[x]                                          real token embedding   (e-)
     e_hat   = soft + sg(w * (hard - soft))                  EntRGi input            (e^)
 
@@ -125,38 +126,99 @@ def reward_inputs(
     return soft + (weight * (hard - soft)).detach()
 
 
+RADIX_DIGITS = (11, 10, 10)
+"""Bits 30-20, 19-10 and 9-0 of a non-negative float32, read from the top; bit 31 (the sign) is 0."""
+
+
 def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:
     """Zero every probability outside the top-p nucleus, then outside the top-k. (..., V) -> (..., V) float32.
 
     Dream's order: top-p on the full distribution first, then top-k. The result is not
-    renormalised (`sample_categorical` does not need it). Top-p keeps token i iff the mass
-    of the tokens strictly more probable than i is < top_p * total: the smallest set of most
-    probable tokens whose mass reaches top_p (the most probable token is always kept).
-    Top-k keeps the tokens >= the k-th largest. Both are thresholds on the probability, so
-    tied tokens are kept or dropped together. top_p = 1 or None and top_k = None are no-ops.
+    renormalised (`sample_categorical` does not need it). With T = sum_i q_i the row's total:
 
-    With the probabilities in ascending order s and their cumulative sums C, the mass
-    strictly above s_j is C_V - C_last (C_last at the last entry equal to s_j), so s_j is
-    kept iff C_last > (1 - top_p) C_V. That holds from the first j with C_j > (1 - top_p) C_V
-    on, and for the entries equal to it: s_j there is the threshold, found by binary search
-    on C. One sort and one cumulative sum; no second softmax, no scatter back.
+        top-p keeps j  iff  S(q_j) = sum_{i : q_i > q_j} q_i  <=  top_p * T
+        top-k keeps j  iff  q_j >= the k-th largest q (counted with multiplicity)
+
+    The token whose mass crosses top_p is kept (as in Dream's sampler and the authors' code:
+    the mass ranked before a kept token is <= top_p), and so is the most probable token
+    (S = 0). Both rules are thresholds on the probability, so tied tokens are kept or dropped
+    together; Dream and the authors instead cut inside a tie by sort order, which makes their
+    nucleus depend on how the sort orders equal values. top_p = 1 or None and top_k = None or
+    >= V are no-ops. probs must be finite and >= 0 (+0.0, as softmax gives); any scale.
+
+    Top-p in O(V) per row, without a sort: the threshold v* = min{q_j : S(q_j) <= top_p T} is
+    found by radix select on the float bits (non-negative float32 orders like its int32 bit
+    pattern). Each of three passes (RADIX_DIGITS) sums the row's mass into 2^b bins by the next
+    b bits, with one bin below and one above the current candidate range, and keeps the lowest
+    bin whose mass above it is <= top_p * T; after the last pass a bin is one value: v*.
+    Exactness: the bins are float32 sums (the cumulative sums over them float64), so the set
+    is exactly the definition's whenever the partial sums are exact (e.g. dyadic
+    probabilities); otherwise it differs from it only for tokens whose S lies within float32
+    summation rounding of top_p * T, as a sorted float32 cumulative sum (Dream's, the
+    authors') does.
     """
     probs = probs.float()  # (..., V)
     V = probs.shape[-1]
     use_p, use_k = top_p is not None and top_p < 1.0, top_k is not None and top_k < V
     if not (use_p or use_k):
         return probs
-    # Probabilities are >= 0, and non-negative floats order like their int32 bit patterns:
-    # sorting the bits gives the same order, and integer sorts are faster on CPU.
-    ascending = torch.sort(probs.view(torch.int32), dim=-1).values.view(torch.float32)  # (..., V)
-    threshold = torch.zeros_like(ascending[..., :1])  # (..., 1) keep everything
+    rows = probs.reshape(-1, V).contiguous()  # (R, V)
+    out = torch.empty_like(rows)  # (R, V) the result; its memory is the passes' int32 scratch first
+    threshold = torch.zeros_like(rows[:, :1])  # (R, 1) keep everything
     if use_p:
-        cdf = ascending.cumsum(-1)  # (..., V)
-        first = torch.searchsorted(cdf, cdf[..., -1:] * (1.0 - top_p), right=True).clamp(max=V - 1)  # (..., 1)
-        threshold = ascending.gather(-1, first)  # (..., 1) smallest kept probability
+        threshold = _top_p_threshold(rows, top_p, out.view(torch.int32))  # (R, 1)
     if use_k:
-        threshold = torch.maximum(threshold, ascending[..., V - top_k : V - top_k + 1])  # (..., 1)
-    return torch.where(probs >= threshold, probs, 0.0)  # (..., V)
+        kth = torch.topk(rows, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (R, 1)
+        threshold = torch.maximum(threshold, kth)  # (R, 1)
+    torch.where(rows >= threshold, rows, rows.new_zeros(()), out=out)  # (R, V)
+    return out.view(probs.shape)  # (..., V)
+
+
+def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
+    """v* = the smallest q_j with sum_{i : q_i > q_j} q_i <= top_p * sum_i q_i, per row. (R, V) -> (R, 1).
+
+    Radix select over RADIX_DIGITS. `prefix` holds the bits of v* found so far. A pass with
+    b-bit digits and `shift` bits below them maps each entry's bits x to a bin
+        0                     if x is below the candidate range (prefix's bits, then anything)
+        1 + digit(x)          if x is inside it (digit = the next b bits)
+        2^b + 1               if x is above it
+    and sums the entries' mass per bin (index_add_ into one (R * (2^b + 2),) vector: int32
+    indices, no int64 copy of the block). With C the cumulative mass over the bins in
+    ascending order (float64) and T = C_last, the mass strictly above bin j is T - C_j, so the
+    lowest bin that can hold a kept token is the first j with C_j >= T - top_p * T (binary
+    search; C is non-decreasing). Bins below it hold only dropped tokens and bins above it
+    only kept ones (the bin right below it has mass above > top_p T, so the chosen bin is not
+    empty). The first pass has no range yet: every entry falls inside. `scratch` (R, V)
+    int32 is overwritten.
+    """
+    R, V = rows.shape
+    bits = rows.view(torch.int32)  # (R, V) bit patterns, ordered like the probabilities
+    values = rows.view(-1)  # (R * V,)
+    row = torch.arange(R, dtype=torch.int32, device=rows.device).unsqueeze(-1)  # (R, 1)
+    prefix = torch.zeros(R, 1, dtype=torch.int32, device=rows.device)  # (R, 1)
+    known = 0  # bits of v* found so far, from bit 30 down
+    for width in RADIX_DIGITS:
+        shift = 31 - known - width
+        bins = (1 << width) + 2
+        if known == 0:
+            torch.bitwise_right_shift(bits, shift, out=scratch)  # (R, V) digit, all inside
+            scratch.add_(row * bins + 1)  # (R, V) flat bin index
+        else:
+            low = prefix << (31 - known)  # (R, 1) the smallest bit pattern in the range
+            step = 1 << shift
+            torch.clamp(bits, low - step, low + (step << width), out=scratch)  # (R, V)
+            scratch.sub_(low - step)  # (R, V) in [0, (2^b + 1) * step]
+            if shift:
+                scratch.bitwise_right_shift_(shift)  # (R, V) in [0, 2^b + 1]
+            scratch.add_(row * bins)  # (R, V) flat bin index
+        mass = torch.zeros(R * bins, device=rows.device).index_add_(0, scratch.view(-1), values)  # (R * bins,)
+        cdf = mass.view(R, bins).cumsum(-1, dtype=torch.float64)  # (R, bins) C, ascending bins
+        total = cdf[:, -1:]  # (R, 1) T
+        first = torch.searchsorted(cdf, total - top_p * total)  # (R, 1) first j with C_j >= (1 - top_p) T
+        digit = first.clamp(1, bins - 2).to(torch.int32) - 1  # (R, 1) (clamped: rounding across passes)
+        prefix = (prefix << width) + digit  # (R, 1)
+        known += width
+    return prefix.view(torch.float32)  # (R, 1) v*
 
 
 def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None) -> Tensor:

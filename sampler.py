@@ -11,6 +11,8 @@ and a token once placed never changes:
     phi_g     = guidance(phi)                    the guided logits (phi_g = phi without a hook, or with M = 0)
     p         = softmax(phi / tau)               unguided, unfiltered;  tau = 0 means no scaling (greedy)
     q         = filter(softmax(phi_g / tau))     filter = top-p / top-k, renormalised: the draw distribution
+                                                 (top-p keeps j iff the mass strictly above q_j is <= top_p:
+                                                 the token that crosses top_p is kept, ties go together)
     x         ~ q                                argmax q when tau = 0
     c         = confidence of each position      maskgit_plus: r(x);  topk_margin: r_(1) - r_(2);  entropy: -H(r)
     fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last: `eos_last`,

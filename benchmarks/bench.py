@@ -1,6 +1,7 @@
 """Time one reward-guided denoising step and its parts; report the overhead beyond the models.
 
-    python benchmarks/bench.py --shape tiny                      # CPU, seconds
+    python benchmarks/bench.py --shape vocab                     # CPU headline: Dream's V, tiny models
+    python benchmarks/bench.py --shape tiny                      # CPU smoke shape, seconds
     python benchmarks/bench.py --shape dream-7b --json out.json  # CUDA: Dream-7B + Skywork-1.7B shapes
     python benchmarks/bench.py --top-p 1                         # the same without the top-p filters
 
@@ -11,24 +12,37 @@ masks, Python) is overhead:
     overhead_ratio = step_s / (denoiser_s + M * reward_fwd_bwd_s)
 
 Parts, each the median over --repeat rounds after --warmup rounds (a round runs every part
-once, in turn), at the first denoising step (all L positions masked: the largest block):
+once, in turn), at the first denoising step of the block (tiny, dream-7b: all L = 128
+positions masked; vocab: 64 masked, see below):
     step_s           one full guided step: denoiser + guidance + sampling and unmasking
     denoiser_s       the denoiser forward at the masked positions
     guidance_s       the hook: M x (relaxation + reward forward/backward + Adam)
     sample_s         sampling, confidence and unmasking from given logits
     reward_fwd_bwd_s one reward forward + backward to the input embeddings, alone
+    filter_s         one filter_probs(q, top_p) on the step's (N * n, V) block of probabilities
+    softmax_s        one softmax over the same (N * n, V) block of logits, same rounds
+    filter_ratio     filter_s / softmax_s: what the exact top-p filter costs, in softmaxes
 Also, from untimed steps run first, with only the models resident (as in run.py):
     peak_mem_bytes   peak GPU memory allocated, models included (CPU: the process's peak resident set)
     host_syncs       CUDA only: each place the step made the host wait for the GPU (want: none)
+    vocab_ops        per op name, the ops of one guided step that read or write a tensor whose last
+                     dim is V (a TorchDispatchMode; views and bare allocations not counted): the vocabulary-wide passes
 
 `dream-7b` builds randomly initialised models with the exact Dream-v0-Instruct-7B and
 Skywork-Reward-V2-Qwen3-1.7B configurations directly on the GPU in bfloat16 (nothing is
 downloaded). Shapes: K = 4 trajectories, L = 128, a 64-token prompt, M = 3.
+
+`vocab` builds the `models.tiny_*` architectures (hidden 64, 2 layers) with Dream's vocabulary,
+V = 151 936, so that the vocabulary-wide work is what is measured. Half the response is
+masked: its first 64 tokens are already placed and ride in the denoiser's prompt block, and
+one step (T = 1) fills the other 64 (N * n = 256 rows of V); the reward model reads those 64
+positions as the response.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import math
 import platform
@@ -40,6 +54,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,6 +63,7 @@ import models  # noqa: E402
 import rewards  # noqa: E402
 import run  # noqa: E402
 import sampler  # noqa: E402
+from entrgi import filter_probs  # noqa: E402
 from sampler import SamplingConfig  # noqa: E402
 
 PROMPT_TOKENS = 64
@@ -64,6 +81,8 @@ SKYWORK_1_7B = dict(  # Skywork/Skywork-Reward-V2-Qwen3-1.7B (Qwen3-1.7B with a 
     tie_word_embeddings=True, num_labels=1,
 )
 DREAM_MASK_ID = 151666
+DREAM_VOCAB = DREAM_7B["vocab_size"]
+VOCAB_PLACED = 64  # --shape vocab: response tokens already placed (the other L - 64 are masked)
 
 
 def build(shape: str, device: torch.device):
@@ -75,6 +94,15 @@ def build(shape: str, device: torch.device):
         dllm, dllm_tokenizer = models.tiny_dllm()
         reward, reward_tokenizer = models.tiny_reward()
         return dllm, dllm_tokenizer, reward, reward_tokenizer, dllm_tokenizer.mask_token_id, torch.float32
+    if shape == "vocab":  # the tiny architectures, Dream's vocabulary (both read the tiny tokenizer's ids)
+        dllm, tokenizer = models.tiny_dllm()
+        reward, _ = models.tiny_reward()
+        built = []
+        for model, cls, seed in ((dllm, Qwen2ForCausalLM, 0), (reward, Qwen3ForSequenceClassification, 1)):
+            config = model.config
+            config.vocab_size = DREAM_VOCAB
+            built.append(models.seeded(seed, lambda: cls(config)).eval())
+        return built[0], tokenizer, built[1], tokenizer, tokenizer.mask_token_id, torch.float32
     tokenizer = models.tiny_tokenizer(400)
     dtype = torch.bfloat16
     previous = torch.get_default_dtype()
@@ -161,9 +189,37 @@ def host_syncs(fn, device: torch.device) -> list[str] | None:
     return caught(fn)
 
 
+class VocabOps(TorchDispatchMode):
+    """Counts, by op name, the ops that read or write a tensor whose last dim is V, or a flattened (R * V,)
+    one (views and bare allocations excluded)."""
+
+    ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_zeros"}  # no pass over the data
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func.overloadpacket.__name__ not in self.ALLOCATIONS:
+            tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            if any(t.dim() and (t.shape[-1] == self.vocab_size or t.dim() == 1 and t.numel() % self.vocab_size == 0)
+                   for t in tensors):  # (..., V), or a flattened (R * V,) block
+                self.counts[func.overloadpacket.__name__] += 1
+        return out
+
+
+def vocab_ops(fn, vocab_size: int) -> dict[str, int]:
+    """{op name: count} of the vocabulary-wide ops while fn runs (see VocabOps)."""
+    with VocabOps(vocab_size) as mode:
+        fn()
+    return dict(sorted(mode.counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=("tiny", "dream-7b"), default="tiny")
+    parser.add_argument("--shape", choices=("tiny", "vocab", "dream-7b"), default="tiny")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=20)
@@ -192,9 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     for model in (dllm, reward):
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-    config = SamplingConfig(K=4, max_new_tokens=128, M=3, T=1, top_p=args.top_p)  # T = 1: one step over all L masks
+    placed = VOCAB_PLACED if args.shape == "vocab" else 0  # response tokens already placed
+    config = SamplingConfig(K=4, max_new_tokens=128 - placed, M=3, T=1, top_p=args.top_p)  # T = 1: one step, all masks
     K, L = config.K, config.max_new_tokens
-    prompt_ids = tokenizer(PROMPT * 4, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
+    prompt_ids = tokenizer(PROMPT * 8, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS + placed]
     prompt = torch.tensor([prompt_ids], device=device)  # (1, P)
     prompt_keep = torch.ones_like(prompt, dtype=torch.bool)  # (1, P)
     bridge = rewards.vocab_bridge(tokenizer, reward_tokenizer, dllm.config.vocab_size)
@@ -218,18 +275,19 @@ def main(argv: list[str] | None = None) -> dict:
     syncs = host_syncs(step, device)
 
     N = K
+    P = prompt.shape[1]
     ids = torch.cat([prompt.repeat(N, 1), torch.full((N, L), mask_id, device=device)], 1)  # (N, S)
     keep = torch.ones_like(ids, dtype=torch.bool)  # (N, S)
     positions = torch.arange(L, device=device).repeat(N, 1)  # (N, L)
-    response = ids[:, PROMPT_TOKENS:]  # (N, L)
+    response = ids[:, P:]  # (N, L)
     masked = torch.ones(N, L, dtype=torch.bool, device=device)  # (N, L)
     with torch.no_grad():
-        logits = denoise(ids, keep, positions + PROMPT_TOKENS)  # (N, L, V)
+        logits = denoise(ids, keep, positions + P)  # (N, L, V)
     logits = logits.index_fill(-1, torch.tensor([mask_id], device=device), -math.inf)  # as generate passes them on
 
     def denoiser():
         with torch.no_grad():
-            denoise(ids, keep, positions + PROMPT_TOKENS)
+            denoise(ids, keep, positions + P)
 
     def guidance():
         sampler.reward_guidance(scorer, embed_matrix, config, fresh_generator())(logits, probs, masked, positions, response)
@@ -249,10 +307,21 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.enable_grad():
             scorer(leaf, tokens).sum().backward()
 
+    block_logits = (logits.float() / config.temperature).reshape(-1, logits.shape[-1])  # (N * L, V)
+    block_probs = torch.softmax(block_logits, -1)  # (N * L, V)
+
+    def filter_block():
+        filter_probs(block_probs, config.top_p, config.top_k)
+
+    def softmax_block():
+        torch.softmax(block_logits, -1)
+
     parts = {"step_s": step, "denoiser_s": denoiser, "guidance_s": guidance, "sample_s": sample,
-             "reward_fwd_bwd_s": reward_fwd_bwd}
+             "reward_fwd_bwd_s": reward_fwd_bwd, "filter_s": filter_block, "softmax_s": softmax_block}
     figures = timed(parts, args.warmup, args.repeat, device)
     figures["overhead_ratio"] = figures["step_s"] / (figures["denoiser_s"] + config.M * figures["reward_fwd_bwd_s"])
+    figures["filter_ratio"] = figures["filter_s"] / figures["softmax_s"]
+    figures["vocab_ops"] = vocab_ops(step, dllm.config.vocab_size)
     figures["peak_mem_bytes"] = peak_mem_bytes
     figures["host_syncs"] = syncs
     figures["machine"] = {
@@ -261,13 +330,17 @@ def main(argv: list[str] | None = None) -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
     }
-    figures["shapes"] = {"shape": args.shape, "K": K, "L": L, "prompt_tokens": PROMPT_TOKENS, "M": config.M,
-                         "top_p": config.top_p,
+    figures["shapes"] = {"shape": args.shape, "K": K, "L": L + placed, "masked": L, "prompt_tokens": PROMPT_TOKENS,
+                         "M": config.M, "top_p": config.top_p, "filter_rows": block_probs.shape[0],
                          "V": dllm.config.vocab_size, "reward_prefix_tokens": scorer.prefix_ids.shape[1],
                          "dtype": str(dtype).removeprefix("torch."), "warmup": args.warmup, "repeat": args.repeat}
-    for name in ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s"):
+    for name in ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s", "filter_s", "softmax_s"):
         print(f"{name:<18} {figures[name] * 1e3:10.2f} ms")
     print(f"{'overhead_ratio':<18} {figures['overhead_ratio']:10.3f}")
+    print(f"{'filter_ratio':<18} {figures['filter_ratio']:10.3f}  (filter_s / softmax_s, {block_probs.shape[0]} rows of V)")
+    print(f"{'vocab_ops':<18} {sum(figures['vocab_ops'].values()):10d}  (ops on a last dim of V in one guided step)")
+    for name, count in figures["vocab_ops"].items():
+        print(f"    {count:3d} x {name}")
     print(f"{'peak_mem_bytes':<18} {figures['peak_mem_bytes'] / 2**30:10.2f} GiB")
     if device.type == "cuda" and syncs is None:
         print(f"{'host_syncs':<18} {'unknown':>10}  (sync debug mode missed a known sync)")

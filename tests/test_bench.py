@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench  # noqa: E402
 
-PARTS = ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s")
+PARTS = ("step_s", "denoiser_s", "guidance_s", "sample_s", "reward_fwd_bwd_s", "filter_s", "softmax_s")
 
 
 def test_bench_tiny_reports_every_figure(tmp_path, capsys):
@@ -25,17 +25,25 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     M = figures["shapes"]["M"]
     expected = figures["step_s"] / (figures["denoiser_s"] + M * figures["reward_fwd_bwd_s"])
     assert figures["overhead_ratio"] == pytest.approx(expected)
+    assert figures["filter_ratio"] == figures["filter_s"] / figures["softmax_s"]
+    V = figures["shapes"]["V"]
+    assert figures["shapes"]["filter_rows"] == 4 * 128  # the step's block: all 128 positions of 4 rows
+    # one guided step, vocabulary-wide: M + 1 softmaxes forward (relaxations, guided q), the unguided q,
+    # the M checkpointed recomputations; four top-p filters, each three radix passes (a clamp per later pass)
+    ops = figures["vocab_ops"]
+    assert ops["index_add_"] == 4 * 3 and ops["clamp"] == 4 * 2 and ops["bitwise_right_shift"] == 4
+    assert "sort" not in ops and all(count > 0 for count in ops.values())
     assert figures["peak_mem_bytes"] > 0
     assert figures["host_syncs"] is None  # counted on CUDA only: on the CPU there is no device to wait for
     assert figures["machine"]["torch"] == torch.__version__
-    assert {k: figures["shapes"][k] for k in ("K", "L", "prompt_tokens", "M", "top_p")} == {
-        "K": 4, "L": 128, "prompt_tokens": 64, "M": 3, "top_p": 0.95}
+    assert {k: figures["shapes"][k] for k in ("K", "L", "masked", "prompt_tokens", "M", "top_p")} == {
+        "K": 4, "L": 128, "masked": 128, "prompt_tokens": 64, "M": 3, "top_p": 0.95}
     assert json.loads(out.read_text()) == figures
     printed = capsys.readouterr().out
-    assert all(name in printed for name in PARTS + ("overhead_ratio", "peak_mem_bytes"))
+    assert all(name in printed for name in PARTS + ("overhead_ratio", "filter_ratio", "vocab_ops", "peak_mem_bytes"))
 
 
-@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "dream-7b", "--device", "cpu"],
+@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "vocab", "--repeat", "0"], ["--shape", "dream-7b", "--device", "cpu"],
                                   ["--repeat", "0"], ["--warmup", "-1"], ["--top-p", "0"], ["--top-p", "1.5"]])
 def test_bench_bad_input_is_a_one_line_error(argv, capsys):
     """CUDA asked for where there is none, dream-7b shapes on the CPU, no timed round, a negative
