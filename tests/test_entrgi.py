@@ -31,6 +31,7 @@ All randomness comes from explicit `torch.Generator`s seeded by Hypothesis; CPU,
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import entrgi
 from entrgi import (
     METHODS,
     entropy,
@@ -605,6 +607,20 @@ def test_guide_redraws_hard_tokens_each_step_from_generator(seed: int, tau: floa
 # --------------------------------------------------------------------------- filter_probs
 
 
+FILTER_PATHS = ("sort", "radix")
+
+
+@contextlib.contextmanager
+def filter_path(path: str):
+    """Make filter_probs take its sort path (small V) or its radix-select path (large V) at any V."""
+    saved = entrgi.SORT_BELOW
+    entrgi.SORT_BELOW = 2**62 if path == "sort" else 0
+    try:
+        yield
+    finally:
+        entrgi.SORT_BELOW = saved
+
+
 def kept_set(probs_row: torch.Tensor, top_p, top_k=None) -> set[int]:
     """The token ids `filter_probs` keeps (leaves nonzero) in one row (V,) of positive probabilities."""
     return {i for i, q in enumerate(filter_probs(probs_row, top_p, top_k).tolist()) if q > 0}
@@ -633,32 +649,34 @@ def prob_blocks(draw) -> torch.Tensor:
     return probs * draw(st.sampled_from([1.0, 7.0, 2.0**-70, 3e12]))
 
 
+@pytest.mark.parametrize("path", FILTER_PATHS)
 @settings(max_examples=80, deadline=None)
 @given(probs=prob_blocks(), top_p=st.floats(0.01, 0.999), top_k=st.sampled_from([None, 1, 2, 4]))
-def test_filter_matches_reference(probs: torch.Tensor, top_p: float, top_k):
+def test_filter_matches_reference(path: str, probs: torch.Tensor, top_p: float, top_k):
     """Top-p (then top-k) keeps the reference set (exact sums, float64) and zeroes the rest, kept values
     unchanged, in every row of any leading shape and scale. A token whose strictly-greater mass is within
     float32 summation rounding (1e-5 of the total) of top_p * total may go either way; the boundary itself
     is pinned exactly by the dyadic tests below."""
-    out = filter_probs(probs, top_p, top_k)  # (..., V)
-    assert out.shape == probs.shape and out.dtype == torch.float32
-    V = probs.shape[-1]
-    for row_in, row_out in zip(probs.reshape(-1, V).tolist(), out.reshape(-1, V).tolist()):
-        assert all(o == q or o == 0.0 for q, o in zip(row_in, row_out))  # unchanged or zeroed
-        kept = [o > 0 for o in row_out]
-        positive = [q > 0 for q in row_in]
-        expected = ref_keep(row_in, top_p, top_k)
-        total = math.fsum(row_in)
-        for j, q in enumerate(row_in):
-            if not positive[j]:
-                continue  # a zero stays zero whether kept or not
-            margin = abs(math.fsum(x for x in row_in if x > q) - top_p * total)
-            if margin > 1e-5 * total:
-                assert kept[j] == expected[j], (row_in, top_p, top_k, j)
-        # whatever rounding decides, the kept set is a threshold: all ties of a kept value are kept
-        smallest = min((q for q, k in zip(row_in, kept) if k), default=math.inf)
-        assert all(k == (q >= smallest) for q, k, p in zip(row_in, kept, positive) if p)
-        assert any(kept) or total == 0  # the most probable token is always kept
+    with filter_path(path):
+        out = filter_probs(probs, top_p, top_k)  # (..., V)
+        assert out.shape == probs.shape and out.dtype == torch.float32
+        V = probs.shape[-1]
+        for row_in, row_out in zip(probs.reshape(-1, V).tolist(), out.reshape(-1, V).tolist()):
+            assert all(o == q or o == 0.0 for q, o in zip(row_in, row_out))  # unchanged or zeroed
+            kept = [o > 0 for o in row_out]
+            positive = [q > 0 for q in row_in]
+            expected = ref_keep(row_in, top_p, top_k)
+            total = math.fsum(row_in)
+            for j, q in enumerate(row_in):
+                if not positive[j]:
+                    continue  # a zero stays zero whether kept or not
+                margin = abs(math.fsum(x for x in row_in if x > q) - top_p * total)
+                if margin > 1e-5 * total:
+                    assert kept[j] == expected[j], (row_in, top_p, top_k, j)
+            # whatever rounding decides, the kept set is a threshold: all ties of a kept value are kept
+            smallest = min((q for q, k in zip(row_in, kept) if k), default=math.inf)
+            assert all(k == (q >= smallest) for q, k, p in zip(row_in, kept, positive) if p)
+            assert any(kept) or total == 0  # the most probable token is always kept
 
 
 @st.composite
@@ -680,58 +698,66 @@ def dyadic_block(counts: list[int], shape: tuple, exponent: int) -> torch.Tensor
     return row.expand(*shape, len(counts)).clone()
 
 
+@pytest.mark.parametrize("path", FILTER_PATHS)
 @settings(max_examples=60, deadline=None)
 @given(row=dyadic_rows(), exponent=st.sampled_from([-10, -40, 0, 30]), shape=st.sampled_from([(), (3,), (2, 1)]))
-def test_filter_exact_boundary_dyadic(row, exponent: int, shape: tuple):
+def test_filter_exact_boundary_dyadic(path: str, row, exponent: int, shape: tuple):
     """At the boundary itself, ties included: for each distinct value q_j with G = the weight strictly above
     it, top_p = G / 2^a (so top_p * total equals that mass exactly) keeps exactly the tokens >= q_j, and
     top_p = (G - 1/2) / 2^a keeps exactly the tokens > q_j (G > 0). The rule is <=, ties go together."""
-    counts, a = row
-    probs = dyadic_block(counts, shape, exponent)  # (..., V)
-    V = len(counts)
-    for level in sorted(set(c for c in counts if c > 0)):
-        above = sum(c for c in counts if c > level)
-        cases = [(above / 2**a, [c >= level for c in counts])]
-        if above > 0:
-            cases.append(((above - 0.5) / 2**a, [c > level for c in counts]))
-        for top_p, expected in cases:
-            if top_p >= 1:
-                continue
-            assert ref_keep([float(c) for c in counts], top_p) == expected  # the reference agrees
-            out = filter_probs(probs, top_p)  # (..., V)
-            kept = (out > 0).reshape(-1, V)  # (R, V)
-            assert all(r == expected for r in kept.tolist()), (counts, top_p)
-            torch.testing.assert_close(out, torch.where(out > 0, probs, 0.0), rtol=0, atol=0)
+    with filter_path(path):
+        counts, a = row
+        probs = dyadic_block(counts, shape, exponent)  # (..., V)
+        V = len(counts)
+        for level in sorted(set(c for c in counts if c > 0)):
+            above = sum(c for c in counts if c > level)
+            cases = [(above / 2**a, [c >= level for c in counts])]
+            if above > 0:
+                cases.append(((above - 0.5) / 2**a, [c > level for c in counts]))
+            for top_p, expected in cases:
+                if top_p >= 1:
+                    continue
+                assert ref_keep([float(c) for c in counts], top_p) == expected  # the reference agrees
+                out = filter_probs(probs, top_p)  # (..., V)
+                kept = (out > 0).reshape(-1, V)  # (R, V)
+                assert all(r == expected for r in kept.tolist()), (counts, top_p)
+                torch.testing.assert_close(out, torch.where(out > 0, probs, 0.0), rtol=0, atol=0)
 
 
-def test_filter_keeps_the_token_that_crosses_top_p():
+@pytest.mark.parametrize("path", FILTER_PATHS)
+def test_filter_keeps_the_token_that_crosses_top_p(path: str):
     """[0.5, 0.25, 0.1875, 0.0625], top_p = 0.75: the mass above 0.1875 is exactly 0.75 <= 0.75, so three
     tokens are kept (a rule with < keeps two); just below, at 0.75 - 2^-10, two."""
-    probs = torch.tensor([0.5, 0.25, 0.1875, 0.0625])
-    assert kept_set(probs, 0.75) == {0, 1, 2}
-    assert kept_set(probs, 0.75 - 2**-10) == {0, 1}
-    assert kept_set(probs[[2, 0, 3, 1]], 0.75) == {0, 1, 3}  # the order of the vocabulary does not matter
+    with filter_path(path):
+        probs = torch.tensor([0.5, 0.25, 0.1875, 0.0625])
+        assert kept_set(probs, 0.75) == {0, 1, 2}
+        assert kept_set(probs, 0.75 - 2**-10) == {0, 1}
+        assert kept_set(probs[[2, 0, 3, 1]], 0.75) == {0, 1, 3}  # the order of the vocabulary does not matter
 
 
+@pytest.mark.parametrize("path", FILTER_PATHS)
 @settings(max_examples=30, deadline=None)
 @given(row=dyadic_rows(), data=st.data())
-def test_filter_top_k_keeps_ties_of_the_kth(row, data):
+def test_filter_top_k_keeps_ties_of_the_kth(path: str, row, data):
     """Top-k keeps every token >= the k-th largest value (with multiplicity), ties of the k-th included."""
-    counts, _ = row
-    probs = dyadic_block(counts, (2,), -12)  # (2, V)
-    k = data.draw(st.integers(1, len(counts)))
-    kth = sorted(counts, reverse=True)[k - 1]
-    kept = (filter_probs(probs, None, k) > 0).tolist()
-    positive_kth = [c >= kth and c > 0 for c in counts]
-    assert kept == [positive_kth, positive_kth]
+    with filter_path(path):
+        counts, _ = row
+        probs = dyadic_block(counts, (2,), -12)  # (2, V)
+        k = data.draw(st.integers(1, len(counts)))
+        kth = sorted(counts, reverse=True)[k - 1]
+        kept = (filter_probs(probs, None, k) > 0).tolist()
+        positive_kth = [c >= kth and c > 0 for c in counts]
+        assert kept == [positive_kth, positive_kth]
 
 
+@pytest.mark.parametrize("path", FILTER_PATHS)
 @pytest.mark.parametrize("top_p", [1e-9, 1e-30])
-def test_filter_tiny_top_p_keeps_the_most_probable_token(top_p: float):
+def test_filter_tiny_top_p_keeps_the_most_probable_token(path: str, top_p: float):
     """(1 - top_p) * total rounds to the total: still the most probable token (and its ties) is kept."""
-    probs = torch.tensor([[0.1, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])
-    assert kept_set(probs[0], top_p) == {1}
-    assert kept_set(probs[1], top_p) == {0, 1}
+    with filter_path(path):
+        probs = torch.tensor([[0.1, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])
+        assert kept_set(probs[0], top_p) == {1}
+        assert kept_set(probs[1], top_p) == {0, 1}
 
 
 @settings(max_examples=30, deadline=None)
@@ -747,14 +773,16 @@ def test_filter_top_k_keeps_exactly_k(v: int, rows: int, seed: int, data):
         assert {i for i in range(v) if row_out[i] > 0} == largest
 
 
-def test_filter_keeps_ties_together():
+@pytest.mark.parametrize("path", FILTER_PATHS)
+def test_filter_keeps_ties_together(path: str):
     """Tokens of equal probability are kept or dropped together, by top-p and by top-k."""
-    probs = torch.tensor([0.4, 0.2, 0.2, 0.1, 0.1])
-    # By mass alone the nucleus of 0.5 is {0, one of the 0.2s}; the tie keeps both.
-    assert kept_set(probs, 0.5) == {0, 1, 2}
-    assert kept_set(probs, None, top_k=2) == {0, 1, 2}
-    assert kept_set(probs, 0.85) == {0, 1, 2, 3, 4}  # the 0.1 tie straddles 0.85: both kept
-    assert kept_set(probs, 0.39) == {0}  # the most probable token alone reaches 0.39
+    with filter_path(path):
+        probs = torch.tensor([0.4, 0.2, 0.2, 0.1, 0.1])
+        # By mass alone the nucleus of 0.5 is {0, one of the 0.2s}; the tie keeps both.
+        assert kept_set(probs, 0.5) == {0, 1, 2}
+        assert kept_set(probs, None, top_k=2) == {0, 1, 2}
+        assert kept_set(probs, 0.85) == {0, 1, 2, 3, 4}  # the 0.1 tie straddles 0.85: both kept
+        assert kept_set(probs, 0.39) == {0}  # the most probable token alone reaches 0.39
 
 
 @FAST
@@ -769,11 +797,13 @@ def test_filter_noop_settings(v: int, seed: int, top_p, with_zero: bool):
     assert torch.equal(filter_probs(probs, top_p=top_p, top_k=v), probs)
 
 
-def test_filter_applies_top_p_before_top_k_as_dream_does():
+@pytest.mark.parametrize("path", FILTER_PATHS)
+def test_filter_applies_top_p_before_top_k_as_dream_does(path: str):
     """Top-p acts on the full distribution, then top-k: q = (.5, .3, .2), p = .6, k = 2 keeps two tokens."""
-    probs = torch.tensor([0.5, 0.3, 0.2])
-    # top-k first would renormalise to (.625, .375) and the nucleus .6 would keep only one token
-    assert kept_set(probs, 0.6, top_k=2) == {0, 1}
+    with filter_path(path):
+        probs = torch.tensor([0.5, 0.3, 0.2])
+        # top-k first would renormalise to (.625, .375) and the nucleus .6 would keep only one token
+        assert kept_set(probs, 0.6, top_k=2) == {0, 1}
 
 
 # --------------------------------------------------------------------------- sample_categorical
