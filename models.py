@@ -398,11 +398,12 @@ REWARD_ACTIVATION_VALUES = 11.0
 
 
 def predict_peak_bytes(dllm: Checkpoint, reward: Checkpoint, *, rows: int, length: int, reward_tokens: int,
-                       dtype: torch.dtype) -> dict[str, int]:
+                       dtype: torch.dtype, prefix_tokens: int = 0) -> dict[str, int]:
     """Predicted peak GPU memory of one guided step over `rows` = B * K trajectories of `length` tokens.
 
     weights (denoiser + reward model + bridged embedding, `dtype`) + VOCAB_BLOCKS * rows * length * V * 4
-    + the reward model's activations over `reward_tokens` (= response + suffix) positions per row.
+    + the reward model's activations over `reward_tokens` (= response + suffix) positions per row
+    + its cached keys and values of `prefix_tokens` chat-prefix positions per row.
     """
     element = torch.finfo(dtype).bits // 8
     d_reward = reward.config.hidden_size
@@ -412,5 +413,9 @@ def predict_peak_bytes(dllm: Checkpoint, reward: Checkpoint, *, rows: int, lengt
     width = reward.config.hidden_size + reward.config.intermediate_size
     activations = int(REWARD_ACTIVATION_VALUES * width * rows * reward_tokens * reward.config.num_hidden_layers
                       * element)
+    config = reward.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    prefix_cache = (rows * prefix_tokens * config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim
+                    * element)
     return {"weights": weights, "vocab_blocks": blocks, "reward_activations": activations,
-            "total": weights + blocks + activations}
+            "prefix_cache": prefix_cache, "total": weights + blocks + activations + prefix_cache}

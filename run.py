@@ -235,17 +235,20 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
     return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
 
 
-def describe_plan(plan: Plan, dtype: torch.dtype) -> list[str]:
-    """The plan as printed by --dry-run: model classes, special ids, the bridge, R's chat pieces, memory."""
+def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1) -> list[str]:
+    """The plan as printed by --dry-run: model classes, special ids, the bridge, R's chat pieces, and the
+    predicted peak memory of a batch of `batch` prompts (B x K rows)."""
     d, r, ids, config = plan.dllm, plan.reward, plan.ids, plan.config
     name = lambda i: d.tokenizer.convert_ids_to_tokens(i)  # noqa: E731
     unmapped = [name(i) for i in range(plan.bridge.tokenizer_size) if plan.bridge.index[i] < 0]
     shown = ", ".join(unmapped[:20]) + (f", ... and {len(unmapped) - 20} more" if len(unmapped) > 20 else "")
     prefix, suffix = plan.reward_pieces[0]
     reward_tokens = config.max_new_tokens + len(suffix)
-    peak = models.predict_peak_bytes(d, r, rows=config.K * len(plan.prompts), length=config.max_new_tokens,
-                                     reward_tokens=reward_tokens, dtype=dtype)
-    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    peak = models.predict_peak_bytes(d, r, rows=config.K * batch, length=config.max_new_tokens,
+                                     reward_tokens=reward_tokens, dtype=dtype,
+                                     prefix_tokens=max(len(prefix) for prefix, _ in plan.reward_pieces))
+    lengths = [len(ids) for ids in plan.prompt_ids]
+    gib = lambda n: f"{n / 2**30:.3g} GiB"  # noqa: E731
     return [
         f"denoiser      {d.name}: {d.model_class.__name__} (no remote code), {d.config.vocab_size} embedding rows, "
         f"{len(d.tokenizer)} tokenizer tokens ({type(d.tokenizer).__name__}), context {d.config.max_position_embeddings}"
@@ -259,10 +262,13 @@ def describe_plan(plan: Plan, dtype: torch.dtype) -> list[str]:
         f"tokens mapped ({100 * plan.bridge.coverage:.2f} %); unmapped: {shown or 'none'}",
         f"reward prefix {len(prefix)} tokens: {r.tokenizer.decode(prefix)!r}",
         f"reward suffix {len(suffix)} tokens: {r.tokenizer.decode(suffix)!r}",
-        f"prompt        {len(plan.prompt_ids[0])} tokens in the denoiser's chat template, + {config.max_new_tokens} new",
-        f"peak memory   {gib(peak['total'])} predicted for K = {config.K}, L = {config.max_new_tokens}, "
+        (f"prompt        {lengths[0]} tokens in the denoiser's chat template, + {config.max_new_tokens} new"
+         if len(lengths) == 1 else f"prompts       {len(lengths)}, {min(lengths)} to {max(lengths)} tokens in the "
+         f"denoiser's chat template, + {config.max_new_tokens} new"),
+        f"peak memory   {gib(peak['total'])} predicted for B = {batch} x K = {config.K}, L = {config.max_new_tokens}, "
         f"{str(dtype).removeprefix('torch.')}: weights {gib(peak['weights'])} + vocabulary blocks "
-        f"{gib(peak['vocab_blocks'])} + reward activations {gib(peak['reward_activations'])}",
+        f"{gib(peak['vocab_blocks'])} + reward activations {gib(peak['reward_activations'])} + prefix cache "
+        f"{gib(peak['prefix_cache'])}",
     ]
 
 
@@ -481,9 +487,9 @@ def run_experiment(args) -> int:
 def experiment_loop(args, ddp: experiment.Distributed) -> int:
     """Check everything, load the models once, then per (method, seed) the prompts in batches of B."""
     # 1. Options, the prompts file and both models' configs and tokenizers: no weight is read yet.
-    if args.output is not None or args.dry_run:
-        raise UsageError("--output and --dry-run are for --prompt runs (--prompts writes to --output-dir)")
-    if args.output_dir is None:
+    if args.output is not None:
+        raise UsageError("--output is for --prompt runs (--prompts writes to --output-dir)")
+    if args.output_dir is None and not args.dry_run:
         raise UsageError("--prompts needs --output-dir")
     base = config_from_args(args)
     methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
@@ -499,8 +505,9 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    directory = Path(args.output_dir)
-    check_output_path(directory / experiment.CONFIG, "--output-dir")
+    if not args.dry_run:
+        directory = Path(args.output_dir)
+        check_output_path(directory / experiment.CONFIG, "--output-dir")
     device = resolve_device(args.device)
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)  # one device per rank
@@ -520,6 +527,10 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
             if len(prefix) + base.max_new_tokens + len(suffix) > context:
                 raise UsageError(f"{prompt.where}: the eval reward model reads {len(prefix)} + {base.max_new_tokens}"
                                  f" + {len(suffix)} tokens, beyond its context of {context}")
+    if args.dry_run:  # the plan for one batch of B prompts, and nothing written
+        if ddp.rank == 0:
+            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)))))
+        return 0
 
     # 2. The output directory (rank 0 checks it and tells every rank what is already done).
     settings = experiment_settings(args, base, device, dtype)

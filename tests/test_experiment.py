@@ -354,3 +354,19 @@ def test_single_run_refuses_experiment_options_and_both_sources(tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         run.main(["--prompt", "hi", "--prompts", "p.txt"])
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_dry_run_of_a_prompts_file_predicts_the_batch_and_writes_nothing(tmp_path, capsys):
+    """--dry-run --prompts: the whole file checked, the plan printed for one batch of B prompts (its predicted
+    peak grows with B), exit 0, and no directory or file written."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    totals = {}
+    for B in (1, 3):
+        status = run.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "out"), *BASE, "--dry-run",
+                           "--batch-size", str(B)])
+        out, err = capsys.readouterr()
+        assert status == 0, err
+        assert f"predicted for B = {B} x K = 2" in out and f"prompts       {len(PROMPTS)}, " in out
+        totals[B] = float(out.split("peak memory")[1].split("GiB")[0])
+    assert totals[3] > totals[1]
+    assert not (tmp_path / "out").exists()

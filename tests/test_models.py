@@ -276,7 +276,7 @@ def test_dry_run_prints_the_plan_and_opens_no_weight_file(dream, skywork, capsys
     tokenizer = models.denoiser_checkpoint(str(dream[0])).tokenizer
     n_prompt = len(tokenizer(models.prompt_text(tokenizer, PROMPT), add_special_tokens=False)["input_ids"])
     assert f"prompt        {n_prompt} tokens" in out
-    assert "predicted for K = 4, L = 128, bfloat16" in out
+    assert "predicted for B = 1 x K = 4, L = 128, bfloat16" in out
 
 
 def test_dry_run_without_weight_files(dream, skywork, tmp_path, capsys):
@@ -392,4 +392,9 @@ def test_peak_prediction_reproduces_the_measured_breakdown():
     assert peak["weights"] / gib == pytest.approx(17.97, abs=0.05)
     assert peak["vocab_blocks"] == pytest.approx(4.57 * 4 * 128 * 152064 * 4, rel=1e-6)
     assert peak["reward_activations"] / gib == pytest.approx(2.45, abs=0.05)
-    assert peak["total"] == peak["weights"] + peak["vocab_blocks"] + peak["reward_activations"]
+    assert peak["prefix_cache"] == 0  # the bench's prefix is not counted in the calibration
+    with_prefix = models.predict_peak_bytes(dream, skywork, rows=4, length=128, reward_tokens=130,
+                                            dtype=torch.bfloat16, prefix_tokens=86)
+    assert with_prefix["prefix_cache"] == 4 * 86 * 28 * 2 * 8 * 128 * 2  # rows x tokens x layers x (k, v) x heads x dim
+    assert with_prefix["total"] == sum(with_prefix[k] for k in ("weights", "vocab_blocks", "reward_activations",
+                                                                "prefix_cache"))
