@@ -54,14 +54,21 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, argparse.SUPPRESS, False) or action.required or "default" in text:
+        if action.default in (None, argparse.SUPPRESS, False) or action.required or "(default:" in text:
             return text
         return f"{text} (default: {action.default})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as the one `error:` line (exit 2) that every other bad input gets."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: model and run options, then one option per SamplingConfig field (defaults live there)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the user prompt: one run (this or --prompts is required)")
     source.add_argument("--prompts", metavar="FILE",

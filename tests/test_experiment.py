@@ -334,7 +334,7 @@ def test_bad_prompts_file(case, tmp_path, capsys, monkeypatch):
     (["--output-dir", "{out}", "--seeds", "0,x"], "--seeds must be"),
     (["--output-dir", "{out}", "--seeds", "-1"], "--seeds must be in"),
     (["--output-dir", "{out}", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--output-dir", "{out}", "--output", "{out}.json"], "are for --prompt runs"),
+    (["--output-dir", "{out}", "--output", "{out}.json"], "is for --prompt runs"),
     ([], "--prompts needs --output-dir"),
 ])
 def test_bad_experiment_options(flags, words, tmp_path, capsys, monkeypatch):

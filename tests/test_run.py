@@ -416,7 +416,7 @@ def test_unknown_method(capsys, tmp_path):
     _, err = capsys.readouterr()
     assert exit_info.value.code == 2
     assert "Traceback" not in err
-    assert "error:" in err.splitlines()[-1] and "guess" in err.splitlines()[-1]
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "guess" in err
     assert not output.exists()
 
 
@@ -763,3 +763,13 @@ def test_non_finite_denoiser_logits_are_a_clear_error(monkeypatch, capsys, tmp_p
     status, out, err = cli(["--prompt", PROMPT, *TINY, "--method", "bon", "--output", str(output)], capsys)
     assert status == 2 and len(err.splitlines()) == 1 and "NaN or inf" in err, err
     assert not output.exists() and "Top@1" not in out
+
+
+@pytest.mark.parametrize("argv", [[], ["--prompt", PROMPT, "--prompts", "x.txt"], ["--prompt", PROMPT, "--K", "four"]],
+                         ids=["no prompt", "both", "not an int"])
+def test_argparse_errors_are_one_line(argv, capsys):
+    """What argparse rejects (no prompt, --prompt with --prompts, a non-integer) is one `error:` line, exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
