@@ -472,6 +472,18 @@ def test_eos_not_deprioritised_goes_earlier(alg):
     assert _eos_violations(steps_last, P, steps_last[-1][:, P:]) == []
 
 
+def test_eos_last_takes_a_set_of_end_tokens():
+    """eos_id may list several end tokens (Dream-Instruct: <|im_end|> and <|endoftext|>): every listed one is
+    placed last, and a token not listed is not de-prioritised. (The other listed id is the mask's, which
+    is never drawn, so that only EOS draws are affected.)"""
+    L, P, T = 8, 5, 4
+    cfg = config(alg="maskgit_plus", max_new_tokens=L, T=T, temperature=0.7, eos_last=True)
+    _, listed = run(_eos_toy(L, P, [1, 4, 6], 0), cfg, seed=0, eos_id=[MASK_ID, EOS_ID])
+    assert _eos_violations(listed, P, listed[-1][:, P:]) == []
+    _, unlisted = run(_eos_toy(L, P, [1, 4, 6], 0), cfg, seed=0, eos_id=[MASK_ID])
+    assert _eos_violations(unlisted, P, unlisted[-1][:, P:]) != []
+
+
 # --------------------------------------------------------------------------- randomness
 
 
