@@ -1,8 +1,10 @@
 """EntRGi: entropy-aware reward guidance on the logits of a masked diffusion LM.
 
 Implements the guidance step of Tejaswi et al., "EntRGi: Entropy-aware Reward Guidance
-for diffusion language models" (arXiv 2602.05000), SPEC §1-§2. Pure tensor functions:
-models come in as callables, randomness as an explicit `torch.Generator`.
+for diffusion language models" (arXiv 2602.05000), as the authors' released code runs it
+(a fresh Adam per denoising step, the hard token re-drawn at every Adam step). Pure tensor
+functions: models come in as callables, randomness as an explicit `torch.Generator` (or
+an `rng.CounterRNG`, one stream per prompt).
 
 At one denoising step the denoiser gives logits phi at the masked positions. A reward
 model R reads input embeddings, so phi is turned into embeddings through its embedding
@@ -59,7 +61,8 @@ def entropy(logits: Tensor) -> Tensor:
 def entropy_weight(logits: Tensor) -> Tensor:
     """w = H(softmax(logits)) / log V in [0, 1], with no gradient. (..., V) -> (...).
 
-    Note: no temperature (SPEC §2, step 3). w = 0 for a one-hot distribution, 1 for uniform.
+    Note: no temperature (as in the authors' code: the weight reads softmax(phi), the
+    relaxation softmax(phi / tau)). w = 0 for a one-hot distribution, 1 for uniform.
     """
     vocab_size = logits.shape[-1]
     weight = entropy(logits.detach()) / math.log(vocab_size)  # (...)
@@ -279,8 +282,9 @@ def guide(
 ) -> Tensor:
     """Reward-guided logits: `steps` Adam steps of gradient ascent on the summed reward.
 
-    SPEC §2, guidance. logits (B, L, V), masked (B, L) bool, tokens (B, L) long,
-    embed_matrix (V, d). At every step, with phi the current logits:
+    The guidance of the paper's algorithm, as the authors' code runs it. logits (B, L, V),
+    masked (B, L) bool, tokens (B, L) long, embed_matrix (V, d). At every step, with phi the
+    current logits:
         x      ~ filter(softmax(phi / tau)), renormalised       re-drawn each step
         embeds = where(masked, reward_inputs(phi, E, x, method, tau), E[tokens])
         tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off

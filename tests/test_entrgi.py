@@ -1,4 +1,4 @@
-"""Property tests for `entrgi` (SPEC §1-§2): the guidance math of EntRGi.
+"""Property tests for `entrgi` (its module docstring states the math): the guidance math of EntRGi.
 
 What this module proves, each against an independent float64 / plain-Python reference:
   * `reward_inputs` has forward value (1 - w) * soft + w * hard with w = H(softmax(phi)) / log V
