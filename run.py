@@ -330,7 +330,7 @@ def generate(loaded: Loaded, prompt: str, prompt_ids: list[int], config: Samplin
         "top1_reward": max(scores),
         "avgN_reward": sum(scores) / len(scores),
         "best_response": responses[best],
-        "mean_entropy_weight": torch.stack(weight_log).mean().item() if weight_log else None,
+        "mean_entropy_weight": torch.stack(weight_log).nanmean().item() if weight_log else None,  # steps with masks
     }
 
 
@@ -365,7 +365,7 @@ def generate_batch(loaded: Loaded, prompts: list[str], prompt_ids: list[list[int
 
         def guidance(logits: Tensor, probs: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
             weight = (entropy_weight(logits) * masked).reshape(B, -1)  # (B, K n)
-            weights.append(weight.sum(-1) / masked.reshape(B, -1).sum(-1).clamp(min=1))  # (B,)
+            weights.append(weight.sum(-1) / masked.reshape(B, -1).sum(-1))  # (B,) NaN for a prompt with no mask left
             return hook(logits, probs, masked, positions, response)
 
     with torch.no_grad():
@@ -381,7 +381,7 @@ def generate_batch(loaded: Loaded, prompts: list[str], prompt_ids: list[list[int
     if eval_reward is not None:
         evals = rewards.score_texts(*eval_reward, repeated, responses).reshape(B, K).tolist()  # (B, K)
         counts["reward_forwards"] += 1
-    mean_weights = torch.stack(weights).mean(0).tolist() if weights else [None] * B  # (B,)
+    mean_weights = torch.stack(weights).nanmean(0).tolist() if weights else [None] * B  # (B,) over steps with masks
     token_lists, score_lists, tokens_of = token_scores.tolist(), scores.tolist(), tokens.reshape(B, K, -1).tolist()
     results = []
     for b in range(B):

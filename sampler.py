@@ -372,7 +372,8 @@ def reward_guidance(
     block's embeddings and tokens are scattered into the response around it (unmasked
     positions read their real tokens). If `weight_log` is given, the mean entropy weight w
     of the unguided logits at the masked positions is appended to it at every step (a
-    device scalar: no synchronisation).
+    device scalar: no synchronisation; NaN where the block has no masked position, as
+    `origin`'s can have: average them with nanmean).
     """
 
     def hook(logits: Tensor, probs: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
@@ -386,7 +387,7 @@ def reward_guidance(
 
         if weight_log is not None:
             weight = entropy_weight(logits)  # (N, n)
-            weight_log.append((weight * masked).sum() / masked.sum().clamp(min=1))
+            weight_log.append((weight * masked).sum() / masked.sum())  # NaN at a step with no masked position
         return guide(
             logits, masked, response.gather(1, positions), embed_matrix, reward_fn,
             method=config.method, steps=config.M, lr=config.eta, temperature=config.temperature,

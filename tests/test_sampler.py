@@ -551,7 +551,8 @@ def test_weight_log_is_the_mean_entropy_weight_over_the_masked_positions(alg):
             q = torch.softmax(logits, -1)  # (N, n, V) float64
             w = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(V)  # (N, n)
             if not masked.any():
-                continue  # no masked position: no mean to check
+                assert torch.isnan(logged)  # no masked position: no mean (a 0 here would pull the run's mean down)
+                continue
             expect = w[masked].mean()
             assert logged.shape == () and abs(float(logged) - float(expect)) < 1e-6, (float(logged), float(expect))
             block_mean_differs |= abs(float(w.mean()) - float(expect)) > 1e-3
@@ -1005,3 +1006,22 @@ def test_validate_rejects(overrides, field):
     message = str(info.value)
     assert message and "\n" not in message
     assert field in message
+
+
+def test_weight_log_is_nan_where_origin_has_no_mask_left():
+    """`origin` can fill every mask before the last step; those steps log NaN (no masked position), not 0, so the
+    run's nanmean is the mean over the steps that had masks."""
+    embed_matrix, score_embeds = linear_reward()
+    cfg = config(alg="origin", method="entrgi", M=1, eta=1.0, max_new_tokens=2, T=12)
+    found = False
+    for seed in range(5):
+        log: list[torch.Tensor] = []
+        hook = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(seed),
+                               weight_log=log)
+        run(ToyDenoiser(seed), cfg, seed=seed, guidance=hook)
+        logged = torch.stack(log)  # (T,)
+        empty = torch.isnan(logged)
+        found |= bool(empty.any())
+        assert not empty[0] and torch.isfinite(logged.nanmean())
+        assert logged.nanmean() == logged[~empty].mean()
+    assert found, "no run emptied its masks early: the case is not exercised"
