@@ -37,6 +37,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+import models
+
 # Qwen2.5's added tokens, in id order from <|endoftext|> on (special=False: kept by decoding).
 QWEN25_ADDED = [
     ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
@@ -158,12 +160,6 @@ def _save_sharded(model: torch.nn.Module, directory: Path, shards: int) -> dict[
     return state
 
 
-def _seeded(seed: int, build):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 REMOTE_CODE = "raise RuntimeError('remote code was executed: {name}')\n"
 
 
@@ -218,11 +214,11 @@ def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.T
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
     config = qwen2_config(raw)
-    model = _seeded(seed, lambda: transformers.Qwen2ForCausalLM(config))
+    model = models.seeded(seed, lambda: transformers.Qwen2ForCausalLM(config))
     with torch.no_grad():  # random biases too, so that a dropped bias would show
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
-                param.copy_(_seeded(seed + 1, lambda: torch.randn(param.shape)) * 0.1)
+                param.copy_(models.seeded(seed + 1, lambda: torch.randn(param.shape)) * 0.1)
     state = _save_sharded(model, directory, shards=2)
     return raw, state
 
@@ -278,7 +274,7 @@ def write_skywork(directory: Path, seed: int = 11, max_positions: int = 1024) ->
                                          if k not in ("architectures", "model_type", "torch_dtype",
                                                       "transformers_version", "rope_scaling", "rope_theta")},
                                       rope_parameters={"rope_type": "default", "rope_theta": raw["rope_theta"]})
-    model = _seeded(seed, lambda: transformers.Qwen3ForSequenceClassification(config))
+    model = models.seeded(seed, lambda: transformers.Qwen3ForSequenceClassification(config))
     state = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()
              if name != "lm_head.weight"}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})

@@ -49,8 +49,10 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models  # noqa: E402
+import replicas  # noqa: E402
 import rewards  # noqa: E402
 import run  # noqa: E402
 import sampler  # noqa: E402
@@ -145,7 +147,7 @@ def dream_checkpoint(tmp_path_factory):
     }
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
 
-    config = qwen2_config(raw)
+    config = replicas.qwen2_config(raw)
     model = models.seeded(7, lambda: transformers.Qwen2ForCausalLM(config))
     with torch.no_grad():  # random biases too, so that a dropped bias would show
         for name, param in model.named_parameters():
@@ -154,18 +156,6 @@ def dream_checkpoint(tmp_path_factory):
     state = {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory, state, raw
-
-
-def qwen2_config(raw: dict) -> transformers.Qwen2Config:
-    """The Qwen2 config a correct loader must arrive at, written out field by field (RoPE base included)."""
-    return transformers.Qwen2Config(
-        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
-        num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
-        num_key_value_heads=raw["num_key_value_heads"], max_position_embeddings=raw["max_position_embeddings"],
-        rms_norm_eps=raw["rms_norm_eps"], rope_parameters={"rope_type": "default", "rope_theta": raw["rope_theta"]},
-        tie_word_embeddings=False, use_sliding_window=False, pad_token_id=raw["pad_token_id"],
-        eos_token_id=raw["eos_token_id"],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -596,7 +586,7 @@ def test_dream_denoiser_equals_bidirectional_qwen2(dream_checkpoint):
     """dream_denoiser on the loaded model = a directly built Qwen2 with a full bidirectional mask, shifted right by one."""
     directory, state, raw = dream_checkpoint
     model, _ = models.load_dream(str(directory), torch.float32)
-    reference = models.seeded(99, lambda: transformers.Qwen2ForCausalLM(qwen2_config(raw))).eval()
+    reference = models.seeded(99, lambda: transformers.Qwen2ForCausalLM(replicas.qwen2_config(raw))).eval()
     reference.load_state_dict(state, strict=True)
 
     N, P, S = 2, 5, 13
