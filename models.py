@@ -8,7 +8,8 @@ generation config raises on `eps`. Its parameter names are exactly those of tran
 own `Qwen2ForCausalLM`, and Qwen2 given a 4-D boolean attention mask of all-True attends
 bidirectionally, so the weights are loaded into the native class and run without remote
 code (`sampler.dream_denoiser` adds Dream's right shift of the logits); on a tiny
-checkpoint its logits equal Dream's own modelling code exactly. Dream's tokenizer ships as
+checkpoint its logits equalled Dream's own (patched) modelling code exactly, a comparison
+made once outside this suite (the suite cannot run Dream's code). Dream's tokenizer ships as
 `vocab.json` + `merges.txt` + `added_tokens.json` + `special_tokens_map.json` +
 `tokenizer_config.json` naming a remote-code class `DreamTokenizer`, and no
 `tokenizer.json`; that class is Qwen2's byte-level BPE, so transformers' own

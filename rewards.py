@@ -222,8 +222,10 @@ class EmbeddingScorer:
 
     def __init__(self, model, tokenizer, prompts: list[str], *, K: int, reading: ResponseReading,
                  cache: bool = True):
-        self.model, self.reading, self.cache = model, reading, cache
+        self.model, self.cache = model, cache
         device = next(model.parameters()).device
+        # The tables on R's device once: a host-to-device copy per call would wait for the GPU at every Adam step.
+        self.reading = ResponseReading(*(table.to(device) for table in (reading.end, reading.hidden, reading.newline)))
         pieces = [chat_pieces(tokenizer, p) for p in prompts]
         suffixes = {tuple(s) for _, s in pieces}
         if len(suffixes) != 1:

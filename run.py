@@ -54,7 +54,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, argparse.SUPPRESS, False) or action.required or "(default:" in text:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or action.required or "(default:" in text:
             return text
         return f"{text} (default: {action.default})"
 
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reward-model", default=models.DEFAULT_REWARD,
                         help="reward model: hub id (Skywork-Reward-V2-Qwen3-0.6B/-1.7B/-4B), local directory, or tiny")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the one torch.Generator behind every draw, in [0, 2**64)")
+                        help="seed of every draw, in [0, 2**64): of the one torch.Generator of a --prompt run; "
+                             "the default of --seeds for --prompts")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the models run; auto = cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
@@ -247,7 +249,7 @@ def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1) -> list[str]:
     predicted peak memory of a batch of `batch` prompts (B x K rows)."""
     d, r, ids, config = plan.dllm, plan.reward, plan.ids, plan.config
     name = lambda i: d.tokenizer.convert_ids_to_tokens(i)  # noqa: E731
-    unmapped = [name(i) for i in range(plan.bridge.tokenizer_size) if plan.bridge.index[i] < 0]
+    unmapped = name((plan.bridge.index[:plan.bridge.tokenizer_size] < 0).nonzero().flatten().tolist())
     shown = ", ".join(unmapped[:20]) + (f", ... and {len(unmapped) - 20} more" if len(unmapped) > 20 else "")
     prefix, suffix = plan.reward_pieces[0]
     reward_tokens = config.max_new_tokens + len(suffix)

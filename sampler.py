@@ -68,7 +68,7 @@ from torch import Tensor
 from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical, tempered_softmax, uniform
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
-TINIEST_TEMPERATURE = torch.finfo(torch.float32).tiny  # 1.18e-38: 1 / tau is finite in float32 above it
+TINIEST_TEMPERATURE = torch.finfo(torch.float32).tiny  # 1.18e-38: 1 / tau (guidance's gradient scale) is finite above it
 
 
 class NonFiniteError(FloatingPointError):
@@ -156,7 +156,8 @@ class SamplingConfig:
              f"method {self.method} needs temperature > 0 (the relaxation divides by it)"),
             (self.temperature == 0 or self.temperature >= TINIEST_TEMPERATURE,
              f"temperature must be 0 or >= {TINIEST_TEMPERATURE:.3g} (float32's smallest normal number: "
-             f"below it 1 / tau overflows), got {self.temperature}"),
+             f"below it the gradient through softmax(phi / tau), which scales as 1 / tau, overflows), "
+             f"got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
             (0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}"),

@@ -20,8 +20,10 @@ checkpoints written to disk:
   names an unknown RoPE type, and a reward model without a decoder and a score head, exit 2
   with the error as the last line (after transformers' own load report); any other
   exception (a ValueError from inside generation) is a bug and propagates with its traceback;
-* a checkpoint in Dream's hub layout (model_type "Dream", remote-code `auto_map`s for the
-  model and the tokenizer, Qwen2 parameter names) loads through `models.load_dream` into
+* a re-saved Dream (Dream's config.json -- model_type "Dream", remote-code `auto_map`s for
+  the model and the tokenizer, Qwen2 parameter names -- but a `tokenizer.json` and one
+  safetensors file, as `save_pretrained` writes them; the layout as shipped is
+  tests/replicas.py's, tested in test_models.py) loads through `models.load_dream` into
   transformers' own Qwen2ForCausalLM without remote code and without prompting for it,
   with exactly the saved weights, Dream's RoPE base, its mask token, tokenizer and chat
   template; `sampler.dream_denoiser` on it equals a directly built Qwen2ForCausalLM run
@@ -112,7 +114,8 @@ def result_of(argv: list[str], capsys, path: Path) -> tuple[dict, str, str]:
 
 @pytest.fixture(scope="module")
 def dream_checkpoint(tmp_path_factory):
-    """A tiny checkpoint in Dream's hub layout: (directory, saved state dict, raw config)."""
+    """A tiny re-saved Dream: Dream's config.json and tokenizer class, a tokenizer.json and one safetensors file
+    (the shipped layout is tests/replicas.py's). Returns (directory, saved state dict, raw config)."""
     from safetensors.torch import save_file
 
     directory = tmp_path_factory.mktemp("dream")
@@ -460,7 +463,7 @@ def test_reward_tokenizer_without_chat_template(templateless_reward, capsys, tmp
 
 
 def test_denoiser_tokenizer_without_chat_template(dream_checkpoint, capsys, tmp_path, no_remote_code_prompt):
-    """A Dream-layout denoiser whose tokenizer has no chat template is a usage error, before its weights load."""
+    """A re-saved Dream whose tokenizer has no chat template is a usage error, before its weights load."""
     directory = tmp_path / "dream_no_template"
     shutil.copytree(dream_checkpoint[0], directory)
     (directory / "model.safetensors").unlink()  # the check must come first: there are no weights to load
@@ -480,7 +483,7 @@ def test_output_below_a_file(capsys, tmp_path):
 
 
 def _edited_dream(dream_checkpoint, tmp_path, **changes) -> Path:
-    """A copy of the Dream-layout checkpoint with its config.json fields changed."""
+    """A copy of the re-saved Dream checkpoint with its config.json fields changed."""
     directory = tmp_path / "dream_edited"
     shutil.copytree(dream_checkpoint[0], directory)
     raw = json.loads((directory / "config.json").read_text())
@@ -553,11 +556,11 @@ def test_script_bad_input(two_output_reward, tmp_path):
     assert not output.exists()
 
 
-# --------------------------------------------------------------------------- Dream's layout
+# --------------------------------------------------------------------------- a re-saved Dream
 
 
 def test_load_dream_layout(dream_checkpoint, no_remote_code_prompt):
-    """A Dream-layout checkpoint loads into transformers' Qwen2ForCausalLM with its exact weights, RoPE base, mask token and tokenizer."""
+    """A re-saved Dream loads into transformers' Qwen2ForCausalLM with its exact weights, RoPE base, mask token and tokenizer."""
     directory, state, raw = dream_checkpoint
     model, tokenizer = models.load_dream(str(directory), torch.float32)
 
@@ -608,7 +611,7 @@ def test_dream_denoiser_equals_bidirectional_qwen2(dream_checkpoint):
 
 
 def test_cli_on_dream_layout(dream_checkpoint, capsys, tmp_path, no_remote_code_prompt):
-    """The full CLI runs on the Dream-layout checkpoint (guided, end to end)."""
+    """The full CLI runs on the re-saved Dream (guided, end to end)."""
     directory, _, _ = dream_checkpoint
     argv = ["--prompt", PROMPT, *TINY, "--dllm", str(directory)]
     result, out, _ = result_of(argv, capsys, tmp_path / "dream.json")
