@@ -525,15 +525,25 @@ def test_guide_rows_independent(p: Problem, steps: int):
 @FAST
 @given(p=problems(max_v=10), seed=seeds, top_p=st.sampled_from([0.3, 0.6]), top_k=st.sampled_from([None, 1, 2]))
 def test_guide_hard_tokens_come_from_filtered_distribution(p: Problem, seed: int, top_p: float, top_k):
-    """aps feeds R the embedding of a token drawn inside filter(phi / tau)'s support (top-p / top-k)."""
+    """aps feeds R the embedding of a token drawn inside filter(softmax(phi_k / tau))'s support (top-p / top-k)
+    at every Adam step k, phi_k being that step's logits (as they move: phi_k = guide's output after k steps
+    with the same generator)."""
     embed = torch.eye(p.logits.shape[-1])  # one-hot rows: the hard token is readable from e_hat
-    rec = Recorder(lambda e, t: e.sum((-2, -1)))
-    guide(p.logits, p.masked, p.tokens, embed, rec, method="aps", steps=1, lr=0.1,
-          temperature=p.temperature, top_p=top_p, top_k=top_k, generator=gen(seed))
-    drawn = rec.embeds[0].argmax(-1)  # (B, L)
-    support = filter_probs(torch.softmax(p.logits / p.temperature, -1), top_p, top_k) > 0  # (B, L, V)
-    assert torch.all(support.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)[p.masked])
-    torch.testing.assert_close(rec.embeds[0][p.masked], embed[drawn][p.masked], atol=1e-6, rtol=0)
+    weights = torch.linspace(-1, 1, p.logits.shape[-1])  # a reward that moves phi
+
+    def run(steps: int, rec=None):
+        return guide(p.logits, p.masked, p.tokens, embed, rec or (lambda e, t: (e * weights).sum((-2, -1))),
+                     method="aps", steps=steps, lr=0.5, temperature=p.temperature, top_p=top_p, top_k=top_k,
+                     generator=gen(seed))
+
+    rec = Recorder(lambda e, t: (e * weights).sum((-2, -1)))
+    run(3, rec)
+    for k in range(3):
+        phi_k = p.logits if k == 0 else run(k)  # (B, L, V)
+        drawn = rec.embeds[k].argmax(-1)  # (B, L)
+        support = filter_probs(torch.softmax(phi_k / p.temperature, -1), top_p, top_k) > 0  # (B, L, V)
+        assert torch.all(support.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)[p.masked]), k
+        torch.testing.assert_close(rec.embeds[k][p.masked], embed[drawn][p.masked], atol=1e-6, rtol=0)
 
 
 @FEW
