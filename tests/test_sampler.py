@@ -734,11 +734,13 @@ def test_guided_tokens_lie_in_the_filtered_guided_nucleus(alg, source, T, top_p,
     outside = 0
     for rec, ids in zip(records, steps):
         positions = rec["positions"]  # (N, n)
-        support = filter_probs(torch.softmax(rec["guided"] / cfg.temperature, -1), top_p, top_k) > 0  # (N, n, V)
+        unfiltered = torch.softmax(rec["guided"] / cfg.temperature, -1)  # (N, n, V)
+        support = filter_probs(unfiltered, top_p, top_k) > 0  # (N, n, V)
         placed = ids[:, P:].gather(1, positions)  # (N, n)
         new = (prev.gather(1, positions) == MASK_ID) & (placed != MASK_ID)  # (N, n)
         assert support.gather(-1, placed.unsqueeze(-1)).squeeze(-1)[new].all()
-        outside += int((~support).any(-1)[new].sum())  # the filter excludes something wherever we place
+        # Non-vacuity: the filter drops tokens the unfiltered softmax could draw (the mask's -inf does not count).
+        outside += int((~support & (unfiltered > 0)).any(-1)[new].sum())
         prev = ids[:, P:]
     assert outside > 0
 
@@ -781,6 +783,13 @@ def test_confidence_formulas():
     torch.testing.assert_close(got, direct_confidence(probs, tokens, "entropy"))
     with pytest.raises(ValueError):
         confidence(probs, tokens, "origin")
+    # The exact -sum q log q (xlogy, 0 log 0 = 0), not Dream's -sum q log(q + 1e-10): bitwise the first.
+    rows = torch.softmax(torch.randn(64, 300, generator=torch.Generator().manual_seed(0)) * 4, -1)  # (64, 300)
+    rows[:, :5] = 0.0  # filtered-out tokens
+    q = rows / rows.sum(-1, keepdim=True)  # (64, 300) what confidence() renormalises to
+    got = confidence(rows, tokens[:1].expand(64), "entropy")  # (64,)
+    assert torch.equal(got, torch.xlogy(q, q).sum(-1))
+    assert not torch.equal(got, (q * (q + 1e-10).log()).sum(-1))
 
 
 @pytest.mark.parametrize("top_p,top_k", [(1.0, None), (0.7, None), (0.9, 4)])
