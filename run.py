@@ -37,7 +37,6 @@ import experiment
 import models
 import rewards
 import sampler
-from entrgi import entropy_weight
 from models import UsageError, first_line
 from rng import CounterRNG, stream_key
 from sampler import SamplingConfig
@@ -305,43 +304,21 @@ def load(plan: Plan, device: torch.device, dtype: torch.dtype) -> Loaded:
 
 def generate(loaded: Loaded, prompt: str, prompt_ids: list[int], config: SamplingConfig, seed: int,
              progress: bool) -> dict:
-    """K responses to one prompt, their two rewards, and the diagnostics of the record."""
-    plan, device = loaded.plan, loaded.device
-    prompt_tensor = torch.tensor([prompt_ids], device=device)  # (1, P)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    scorer = rewards.EmbeddingScorer(loaded.reward, plan.reward.tokenizer, [prompt], K=config.K,
-                                     reading=plan.reading)
-    weight_log: list[Tensor] = []
-    guidance = None
-    if config.guided:
-        guidance = sampler.reward_guidance(scorer, loaded.embed_matrix, config, generator, weight_log)
-    with torch.no_grad():
-        tokens = sampler.generate(sampler.dream_denoiser(loaded.dllm), prompt_tensor,
-                                  torch.ones_like(prompt_tensor, dtype=torch.bool), config, mask_id=plan.ids.mask,
-                                  eos_id=list(plan.ids.ends), guidance=guidance, generator=generator,
-                                  on_step=progress_bar(config.T, progress))[0]  # (K, L)
-        token_scores = scorer(loaded.embed_matrix[tokens], tokens)  # (K,) the token sequences as guidance reads them
-    responses = decode_responses(plan.dllm.tokenizer, tokens, plan.ids.ends)
-    scores = rewards.score_texts(loaded.reward, plan.reward.tokenizer, [prompt] * config.K, responses).tolist()
-    best = max(range(config.K), key=scores.__getitem__)
-    return {
-        "responses": responses,
-        "rewards": scores,
-        "token_rewards": token_scores.tolist(),
-        "response_tokens": tokens.tolist(),
-        "top1_reward": max(scores),
-        "avgN_reward": sum(scores) / len(scores),
-        "best_response": responses[best],
-        "mean_entropy_weight": torch.stack(weight_log).nanmean().item() if weight_log else None,  # steps with masks
-    }
+    """K responses to one prompt, their two rewards, and the diagnostics of the record: `generate_batch` with
+    B = 1 and one torch.Generator seeded with `seed`."""
+    generator = torch.Generator(device=loaded.device).manual_seed(seed)
+    counts = {"denoiser_forwards": 0, "reward_forward_backward": 0, "reward_forwards": 0}
+    return generate_batch(loaded, [prompt], [prompt_ids], config, generator, counts,
+                          on_step=progress_bar(config.T, progress))[0]
 
 
 def generate_batch(loaded: Loaded, prompts: list[str], prompt_ids: list[list[int]], config: SamplingConfig,
-                   rng: CounterRNG, counts: dict, on_step=None, eval_reward=None) -> list[dict]:
-    """`generate` for B prompts at once: B x K rows in every denoiser forward and reward pass, left-padded.
+                   rng: CounterRNG | torch.Generator, counts: dict, on_step=None, eval_reward=None) -> list[dict]:
+    """K responses to each of B prompts at once: B x K rows in every denoiser forward and reward pass, left-padded.
 
-    Row b * K + k is trajectory k of prompt b. Every draw comes from `rng`, one stream per
-    prompt, so a prompt's record does not depend on its batch (README, "Many prompts").
+    Row b * K + k is trajectory k of prompt b. Every draw comes from `rng`: an
+    `rng.CounterRNG` with one stream per prompt, so that a prompt's record does not depend
+    on its batch (README, "Many prompts"), or a torch.Generator (`generate`, B = 1).
     `counts` gains the forwards made: denoiser_forwards, reward_forward_backward (guidance:
     each one a forward and a backward), reward_forwards (the final scores, no gradient).
     `eval_reward` = (model, tokenizer) also scores the final responses (eval_* fields).
@@ -363,12 +340,7 @@ def generate_batch(loaded: Loaded, prompts: list[str], prompt_ids: list[list[int
     weights: list[Tensor] = []  # per step, (B,): mean w over each prompt's masked positions
     guidance = None
     if config.guided:
-        hook = sampler.reward_guidance(counted_score, loaded.embed_matrix, config, rng)
-
-        def guidance(logits: Tensor, probs: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
-            weight = (entropy_weight(logits) * masked).reshape(B, -1)  # (B, K n)
-            weights.append(weight.sum(-1) / masked.reshape(B, -1).sum(-1))  # (B,) NaN for a prompt with no mask left
-            return hook(logits, probs, masked, positions, response)
+        guidance = sampler.reward_guidance(counted_score, loaded.embed_matrix, config, rng, weights)
 
     with torch.no_grad():
         tokens = sampler.generate(counted_denoise, ids, keep, config, mask_id=plan.ids.mask,

@@ -372,9 +372,9 @@ def reward_guidance(
     score_embeds(embeds (N, L, d), tokens (N, L)) -> (N,) scores whole responses; the
     block's embeddings and tokens are scattered into the response around it (unmasked
     positions read their real tokens). If `weight_log` is given, the mean entropy weight w
-    of the unguided logits at the masked positions is appended to it at every step (a
-    device scalar: no synchronisation; NaN where the block has no masked position, as
-    `origin`'s can have: average them with nanmean).
+    of the unguided logits over each prompt's masked positions is appended to it at every
+    step: a (B,) device tensor, rows prompt-major (no synchronisation; NaN for a prompt with
+    no masked position, as `origin`'s blocks can have: average over steps with nanmean).
     """
 
     def hook(logits: Tensor, probs: Tensor, masked: Tensor, positions: Tensor, response: Tensor) -> Tensor:
@@ -387,8 +387,9 @@ def reward_guidance(
             return score_embeds(embeds, tokens)  # (N,)
 
         if weight_log is not None:
-            weight = entropy_weight(logits)  # (N, n)
-            weight_log.append((weight * masked).sum() / masked.sum())  # NaN at a step with no masked position
+            weight = rearrange(entropy_weight(logits) * masked, "(b k) n -> b (k n)", k=config.K)  # (B, K n)
+            count = rearrange(masked, "(b k) n -> b (k n)", k=config.K).sum(-1)  # (B,)
+            weight_log.append(weight.sum(-1) / count)  # (B,) NaN for a prompt with no masked position
         return guide(
             logits, masked, response.gather(1, positions), embed_matrix, reward_fn,
             method=config.method, steps=config.M, lr=config.eta, temperature=config.temperature,

@@ -28,7 +28,7 @@ current sequence (so the unmasking order matters) and on a tiny random Qwen2:
 * randomness: the same generator seed gives the same output, a different one a different
   output; `reward_guidance` with M = 0 reproduces the unguided output exactly for every
   confidence option and the default, M > 0 not;
-* `weight_log` is the mean entropy weight over the block's masked positions at every step;
+* `weight_log` is each prompt's mean entropy weight over its masked positions at every step;
 * the hook receives the unguided token_probs and its first draw shares them bitwise; a
   bfloat16 denoiser gives bitwise the float32 results of its upcast logits;
 * helpers: `masked_positions`, `confidence` against direct formulas;
@@ -521,7 +521,7 @@ def test_guidance_zero_steps_is_unguided(alg, source):
                             weight_log=log)
     guided3, _ = run(ToyDenoiser(0), cfg3, seed=7, guidance=hook3)
     assert not torch.equal(guided3, unguided)
-    assert len(log) == cfg3.T and all(0.0 <= float(w) <= 1.0 for w in log)
+    assert len(log) == cfg3.T and all(((0.0 <= w) & (w <= 1.0)).all() for w in log)
     # The guidance pushes toward tokens of high linear score: the mean score goes up.
     score = lambda out: score_embeds(embed_matrix[out.reshape(-1, 8)], None).mean()
     assert score(guided3) > score(unguided)
@@ -529,8 +529,8 @@ def test_guidance_zero_steps_is_unguided(alg, source):
 
 @pytest.mark.parametrize("alg", ["origin", "entropy"])
 def test_weight_log_is_the_mean_entropy_weight_over_the_masked_positions(alg):
-    """weight_log gets, at every step, the mean over the block's *masked* positions of w = H(softmax(phi)) / log V
-    of the unguided logits, computed here independently in float64. With `origin` the block is the whole
+    """weight_log gets, at every step and for each prompt, the mean over its rows' *masked* positions of
+    w = H(softmax(phi)) / log V of the unguided logits, computed here independently in float64. With `origin` the block is the whole
     response, unmasked positions included, and their mean differs: averaging over the block fails this."""
     embed_matrix, score_embeds = linear_reward()
     cfg = config(alg=alg, method="entrgi", M=1, eta=1.0, max_new_tokens=8, T=5)
@@ -550,12 +550,16 @@ def test_weight_log_is_the_mean_entropy_weight_over_the_masked_positions(alg):
         for logged, (logits, masked) in zip(log, seen):
             q = torch.softmax(logits, -1)  # (N, n, V) float64
             w = -(q * q.clamp_min(1e-300).log()).sum(-1) / math.log(V)  # (N, n)
-            if not masked.any():
-                assert torch.isnan(logged)  # no masked position: no mean (a 0 here would pull the run's mean down)
-                continue
-            expect = w[masked].mean()
-            assert logged.shape == () and abs(float(logged) - float(expect)) < 1e-6, (float(logged), float(expect))
-            block_mean_differs |= abs(float(w.mean()) - float(expect)) > 1e-3
+            B = masked.shape[0] // cfg.K
+            assert logged.shape == (B,)
+            for b in range(B):  # rows b * K .. b * K + K - 1 are prompt b's
+                rows = slice(b * cfg.K, (b + 1) * cfg.K)
+                if not masked[rows].any():
+                    assert torch.isnan(logged[b])  # no masked position: no mean (a 0 would pull the run's mean down)
+                    continue
+                expect = w[rows][masked[rows]].mean()
+                assert abs(float(logged[b]) - float(expect)) < 1e-6, (float(logged[b]), float(expect))
+                block_mean_differs |= abs(float(w[rows].mean()) - float(expect)) > 1e-3
     assert block_mean_differs == (alg == "origin")
 
 
@@ -1028,9 +1032,10 @@ def test_weight_log_is_nan_where_origin_has_no_mask_left():
         hook = reward_guidance(score_embeds, embed_matrix, cfg, generator=torch.Generator().manual_seed(seed),
                                weight_log=log)
         run(ToyDenoiser(seed), cfg, seed=seed, guidance=hook)
-        logged = torch.stack(log)  # (T,)
+        logged = torch.stack(log)  # (T, B)
         empty = torch.isnan(logged)
         found |= bool(empty.any())
-        assert not empty[0] and torch.isfinite(logged.nanmean())
-        assert logged.nanmean() == logged[~empty].mean()
+        assert not empty[0].any() and torch.isfinite(logged.nanmean(0)).all()
+        for b in range(logged.shape[1]):
+            torch.testing.assert_close(logged[:, b].nanmean(), logged[~empty[:, b], b].mean(), rtol=1e-6, atol=0)
     assert found, "no run emptied its masks early: the case is not exercised"
