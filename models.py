@@ -399,17 +399,20 @@ REWARD_ACTIVATION_VALUES = 11.0
 
 
 def predict_peak_bytes(dllm: Checkpoint, reward: Checkpoint, *, rows: int, length: int, reward_tokens: int,
-                       dtype: torch.dtype, prefix_tokens: int = 0) -> dict[str, int]:
+                       dtype: torch.dtype, prefix_tokens: int = 0, resident: tuple[Checkpoint, ...] = ()
+                       ) -> dict[str, int]:
     """Predicted peak GPU memory of one guided step over `rows` = B * K trajectories of `length` tokens.
 
-    weights (denoiser + reward model + bridged embedding, `dtype`) + VOCAB_BLOCKS * rows * length * V * 4
+    weights (denoiser + reward model + bridged embedding + any `resident` model such as an eval
+    reward model, `dtype`) + VOCAB_BLOCKS * rows * length * V * 4
     + the reward model's activations over `reward_tokens` (= response + suffix) positions per row
     + its cached keys and values of `prefix_tokens` chat-prefix positions per row.
     """
     element = torch.finfo(dtype).bits // 8
     d_reward = reward.config.hidden_size
     V = dllm.config.vocab_size
-    weights = (parameter_count(dllm) + parameter_count(reward) + V * d_reward) * element
+    weights = (parameter_count(dllm) + parameter_count(reward) + V * d_reward
+               + sum(parameter_count(model) for model in resident)) * element
     blocks = math.ceil(VOCAB_BLOCKS * rows * length * V * 4)
     width = reward.config.hidden_size + reward.config.intermediate_size
     activations = int(REWARD_ACTIVATION_VALUES * width * rows * reward_tokens * reward.config.num_hidden_layers

@@ -243,9 +243,10 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
     return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
 
 
-def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1) -> list[str]:
+def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1, resident: tuple = ()) -> list[str]:
     """The plan as printed by --dry-run: model classes, special ids, the bridge, R's chat pieces, and the
-    predicted peak memory of a batch of `batch` prompts (B x K rows)."""
+    predicted peak memory of a batch of `batch` prompts (B x K rows), with the `resident` checkpoints' weights
+    (an eval reward model) counted too."""
     d, r, ids, config = plan.dllm, plan.reward, plan.ids, plan.config
     name = lambda i: d.tokenizer.convert_ids_to_tokens(i)  # noqa: E731
     unmapped = name((plan.bridge.index[:plan.bridge.tokenizer_size] < 0).nonzero().flatten().tolist())
@@ -254,7 +255,8 @@ def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1) -> list[str]:
     reward_tokens = config.max_new_tokens + len(suffix)
     peak = models.predict_peak_bytes(d, r, rows=config.K * batch, length=config.max_new_tokens,
                                      reward_tokens=reward_tokens, dtype=dtype,
-                                     prefix_tokens=max(len(prefix) for prefix, _ in plan.reward_pieces))
+                                     prefix_tokens=max(len(prefix) for prefix, _ in plan.reward_pieces),
+                                     resident=resident)
     lengths = [len(ids) for ids in plan.prompt_ids]
     gib = lambda n: f"{n / 2**30:.3g} GiB"  # noqa: E731
     return [
@@ -510,7 +512,8 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
                                  f" + {len(suffix)} tokens, beyond its context of {context}")
     if args.dry_run:  # the plan for one batch of B prompts, and nothing written
         if ddp.rank == 0:
-            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)))))
+            resident = () if eval_checkpoint is None else (eval_checkpoint,)
+            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)), resident=resident)))
         return 0
 
     # 2. The output directory (rank 0 checks it and tells every rank what is already done).

@@ -370,3 +370,8 @@ def test_dry_run_of_a_prompts_file_predicts_the_batch_and_writes_nothing(tmp_pat
         totals[B] = float(out.split("peak memory")[1].split("GiB")[0])
     assert totals[3] > totals[1]
     assert not (tmp_path / "out").exists()
+    # An eval reward model stays resident: its weights count.
+    status = run.main(["--prompts", str(prompts), *BASE, "--dry-run", "--batch-size", "1", "--eval-reward-model", "tiny"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert float(out.split("peak memory")[1].split("GiB")[0]) > totals[1]
