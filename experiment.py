@@ -272,6 +272,14 @@ def table(summary: dict) -> str:
 # --------------------------------------------------------------------------- torchrun
 
 
+class Rank0Error(UsageError):
+    """Another rank's copy of rank 0's error (rank 0 reports it; a crash there keeps its traceback)."""
+
+    def __init__(self, message: str, usage: bool):
+        super().__init__(message)
+        self.usage = usage
+
+
 @dataclasses.dataclass
 class Distributed:
     """This process's place under torchrun (rank 0 of 1 without it). Only control messages cross
@@ -292,20 +300,27 @@ class Distributed:
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     def from_rank0(self, compute):
-        """compute() on rank 0, its value (or its UsageError) on every rank."""
-        outcome = [None]
+        """compute() on rank 0, its value (or its error) on every rank.
+
+        Rank 0 re-raises its own exception; the other ranks raise `Rank0Error` (a UsageError
+        when rank 0's was one), so that no rank is left waiting on a broadcast that never comes.
+        """
+        outcome, failure = [None], None
         if self.rank == 0:
             try:
                 outcome = [("ok", compute())]
-            except UsageError as error:
-                outcome = [("error", str(error))]
+            except Exception as error:  # every failure must reach the other ranks before it propagates
+                failure = error
+                outcome = [("usage" if isinstance(error, UsageError) else "crash", first_line(error))]
         if self.world > 1:
             import torch.distributed as dist
 
             dist.broadcast_object_list(outcome, src=0)
+        if failure is not None:
+            raise failure
         kind, value = outcome[0]
-        if kind == "error":
-            raise UsageError(value)
+        if kind != "ok":
+            raise Rank0Error(value, usage=kind == "usage")
         return value
 
     def barrier(self) -> None:

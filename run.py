@@ -460,9 +460,10 @@ def run_experiment(args) -> int:
     try:
         return experiment_loop(args, ddp)
     except (UsageError, sampler.NonFiniteError) as error:
-        if ddp.rank == 0:
-            print(f"error: {first_line(error)}", file=sys.stderr)
-        return 2
+        if not isinstance(error, experiment.Rank0Error):  # rank 0 reports its own errors, other ranks theirs
+            where = f"rank {ddp.rank}: " if ddp.rank > 0 else ""
+            print(f"error: {where}{first_line(error)}", file=sys.stderr)
+        return 2 if not isinstance(error, experiment.Rank0Error) or error.usage else 1
     finally:
         ddp.close()
 
