@@ -14,7 +14,7 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   bad or duplicate id, a blank .txt line, a prompt beyond the context, no prompt at all, a
   wrong suffix) and every bad experiment option is one `error:` line naming the line, exit
   2, before any weight loads, with nothing written;
-* resume: a run killed with SIGKILL after its first record, and a directory whose last line
+* resume: a run killed with SIGKILL before its first record or after it, and a directory whose last line
   is torn, end after `--resume` with exactly the records of an uninterrupted run (none
   missing, none twice, no torn line); resuming under other settings, or reusing a non-empty
   directory without --resume, is a one-line error that leaves the directory as it was;
@@ -239,21 +239,25 @@ def test_summary_follows_from_the_records(runs, capsys):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_after_sigkill(runs, tmp_path):
-    """SIGKILL once the first record is on disk, then --resume: the records of the uninterrupted run."""
+@pytest.mark.parametrize("moment", ["config written", "first record"])
+def test_resume_after_sigkill(moment, runs, tmp_path):
+    """SIGKILL once config.json is written (before any record: models loading, first batch running) or once the
+    first record is on disk, then --resume: the records of the uninterrupted run."""
     prompts, outs = runs
     out = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir",
                               str(out), "--batch-size", "1", *TINY], env=env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = out / "records.jsonl"
+    trigger = out / "config.json" if moment == "config written" else target
     deadline = time.time() + 300
-    while time.time() < deadline and child.poll() is None and not (target.exists() and target.read_bytes()):
-        time.sleep(0.05)
+    while time.time() < deadline and child.poll() is None and not (trigger.exists() and trigger.read_bytes()):
+        time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
-    assert target.read_bytes().count(b"\n") < len(PROMPTS) * 2  # killed mid-run (the last line may be torn)
+    written = target.read_bytes() if target.exists() else b""
+    assert written.count(b"\n") < len(PROMPTS) * 2  # killed mid-run (the last line may be torn)
     assert experiment_run(prompts, out, "--batch-size", "1", "--resume") == 0
     assert_same_records(records(out), records(outs[1]), exact_floats=True)
 
