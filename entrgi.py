@@ -173,7 +173,11 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     if use_k:
         kth = torch.topk(rows, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (R, 1)
         threshold = torch.maximum(threshold, kth)  # (R, 1)
-    torch.where(rows >= threshold, rows, rows.new_zeros(()), out=out)  # (R, V)
+    # where(q >= v*, q, 0) on the bits, in out's own memory (no (R, V) bool block to fault in):
+    # (bits(v*) - 1 - bits(q)) >> 31 is all ones iff q >= v* (no overflow: both in [0, 2^31)), else 0.
+    bits, kept = rows.view(torch.int32), out.view(torch.int32)  # (R, V), (R, V)
+    torch.sub(threshold.view(torch.int32) - 1, bits, out=kept)  # (R, V) < 0 iff kept
+    kept.bitwise_right_shift_(31).bitwise_and_(bits)  # (R, V) bits(q) where kept, +0.0 elsewhere
     return out.view(probs.shape)  # (..., V)
 
 
@@ -224,8 +228,8 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
         else:
             low = prefix << (31 - known)  # (R, 1) the smallest bit pattern in the range
             step = 1 << shift
-            torch.clamp(bits, low - step, low + (step << width), out=scratch)  # (R, V)
-            scratch.sub_(low - step)  # (R, V) in [0, (2^b + 1) * step]
+            torch.sub(bits, low - step, out=scratch)  # (R, V) x - low + step (finite floats: no int32 overflow)
+            scratch.clamp_(0, (bins - 1) * step)  # (R, V) in [0, (2^b + 1) * step]: scalar bounds, 3x a tensor clamp
             if shift:
                 scratch.bitwise_right_shift_(shift)  # (R, V) in [0, 2^b + 1]
             scratch.add_(row * bins)  # (R, V) flat bin index
