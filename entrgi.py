@@ -53,6 +53,8 @@ def entropy(logits: Tensor) -> Tensor:
     filtered-out tokens stay finite. (..., V) -> (...).
     """
     q = torch.softmax(logits.float(), dim=-1)  # (..., V)
+    if not q.requires_grad:  # q is ours: q log q in its memory, no second (..., V) block (same values)
+        return -torch.xlogy(q, q, out=q).sum(-1)  # (...)
     return -torch.xlogy(q, q).sum(-1)  # (...) xlogy(q, q) = q log q, and 0 where q = 0
 
 
@@ -71,11 +73,16 @@ def tempered_softmax(logits: Tensor, temperature: float) -> Tensor:
 
     The same distribution (softmax is shift invariant, and the max carries no gradient), but
     finite for every tau > 0: the largest scaled logit is 0 and the others are <= 0, so a tiny
-    tau gives the argmax limit where phi / tau would overflow to inf - inf = NaN.
+    tau gives the argmax limit where phi / tau would overflow to inf - inf = NaN. Without
+    autograd (no grad mode, or logits without grad) the softmax overwrites the shifted copy:
+    one fresh (..., V) block instead of two, the same values.
     """
     logits = logits.float()  # (..., V)
     shifted = torch.sub(logits, logits.amax(-1, keepdim=True).detach())  # (..., V) <= 0, the max at 0
-    return torch.softmax(shifted.div_(temperature), dim=-1)  # (..., V) in place: one pass fewer
+    shifted.div_(temperature)  # (..., V) in place: one pass fewer
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return torch.softmax(shifted, dim=-1)  # (..., V) autograd keeps this output for the backward
+    return torch.softmax(shifted, dim=-1, out=shifted)  # (..., V)
 
 
 def soft_embedding(logits: Tensor, embed_matrix: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -243,15 +250,19 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
     return prefix.view(torch.float32)  # (R, 1) v*
 
 
-def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None) -> Tensor:
+def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None,
+                       overwrite: bool = False) -> Tensor:
     """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
     Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs, the draw is the first
     i with C_i > u * C_V, so i is picked with probability probs_i / C_V (never one of
     probability 0). One uniform per row instead of one random number per vocabulary entry
     (a Gumbel/exponential race), and any leading shape (unlike `torch.multinomial`).
+    overwrite=True: a float32 `probs` is overwritten by C (the caller's scratch: no fresh
+    (..., V) block, the same draw).
     """
-    cdf = probs.float().cumsum(-1)  # (..., V)
+    probs = probs.float()  # (..., V)
+    cdf = torch.cumsum(probs, -1, out=probs) if overwrite else probs.cumsum(-1)  # (..., V)
     u = uniform(cdf.shape[:-1] + (1,), generator, cdf.device)  # (..., 1)
     index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (..., 1)
     return index.clamp(max=cdf.shape[-1] - 1).squeeze(-1)  # (...)
@@ -317,7 +328,8 @@ def guide(
                 else:
                     q_filtered = first_probs if step == 0 and first_probs is not None else filter_probs(
                         q_tau, top_p, top_k)  # (B, L, V)
-                    hard_tokens = sample_categorical(q_filtered, generator)  # (B, L)
+                    own = q_filtered is not first_probs and q_filtered is not q_tau  # a fresh block, ours to overwrite
+                    hard_tokens = sample_categorical(q_filtered, generator, overwrite=own)  # (B, L)
                     del q_filtered
                 del q_tau  # free (B, L, V) before the reward pass
                 guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)

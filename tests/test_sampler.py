@@ -993,3 +993,15 @@ def test_validate_rejects(overrides, field):
     message = str(info.value)
     assert message and "\n" not in message
     assert field in message
+
+
+@pytest.mark.parametrize("normalised", [True, False])
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+def test_confidence_overwrite_gives_the_same_score(alg, normalised):
+    """overwrite=True (generate's scratch unfiltered softmax) scores exactly as overwrite=False does."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(4, 6, 50, generator=g), -1)  # (4, 6, 50)
+    probs[..., 7] = 0.0  # a filtered-out token: 0 log 0 = 0
+    tokens = torch.randint(0, 50, (4, 6), generator=g)  # (4, 6)
+    expected = confidence(probs, tokens, alg, normalised=normalised)  # (4, 6)
+    assert torch.equal(confidence(probs.clone(), tokens, alg, normalised=normalised, overwrite=True), expected)
