@@ -55,6 +55,8 @@ def entropy(logits: Tensor) -> Tensor:
     filtered-out tokens stay finite. (..., V) -> (...).
     """
     q = torch.softmax(logits.float(), dim=-1)  # (..., V)
+    if not q.requires_grad:  # q is ours: q log q in its memory, no second (..., V) block (same values)
+        return -torch.xlogy(q, q, out=q).sum(-1)  # (...)
     return -torch.xlogy(q, q).sum(-1)  # (...) xlogy(q, q) = q log q, and 0 where q = 0
 
 
@@ -74,11 +76,16 @@ def tempered_softmax(logits: Tensor, temperature: float) -> Tensor:
 
     The same distribution (softmax is shift invariant, and the max carries no gradient), but
     finite for every tau > 0: the largest scaled logit is 0 and the others are <= 0, so a tiny
-    tau gives the argmax limit where phi / tau would overflow to inf - inf = NaN.
+    tau gives the argmax limit where phi / tau would overflow to inf - inf = NaN. Without
+    autograd (no grad mode, or logits without grad) the softmax overwrites the shifted copy:
+    one fresh (..., V) block instead of two, the same values.
     """
     logits = logits.float()  # (..., V)
     shifted = torch.sub(logits, logits.amax(-1, keepdim=True).detach())  # (..., V) <= 0, the max at 0
-    return torch.softmax(shifted.div_(temperature), dim=-1)  # (..., V) in place: one pass fewer
+    shifted.div_(temperature)  # (..., V) in place: one pass fewer
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return torch.softmax(shifted, dim=-1)  # (..., V) autograd keeps this output for the backward
+    return torch.softmax(shifted, dim=-1, out=shifted)  # (..., V)
 
 
 def soft_embedding(logits: Tensor, embed_matrix: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -176,7 +183,11 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     if use_k:
         kth = torch.topk(rows, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (R, 1)
         threshold = torch.maximum(threshold, kth)  # (R, 1)
-    torch.where(rows >= threshold, rows, rows.new_zeros(()), out=out)  # (R, V)
+    # where(q >= v*, q, 0) on the bits, in out's own memory (no (R, V) bool block to fault in):
+    # (bits(v*) - 1 - bits(q)) >> 31 is all ones iff q >= v* (no overflow: both in [0, 2^31)), else 0.
+    bits, kept = rows.view(torch.int32), out.view(torch.int32)  # (R, V), (R, V)
+    torch.sub(threshold.view(torch.int32) - 1, bits, out=kept)  # (R, V) < 0 iff kept
+    kept.bitwise_right_shift_(31).bitwise_and_(bits)  # (R, V) bits(q) where kept, +0.0 elsewhere
     return out.view(probs.shape)  # (..., V)
 
 
@@ -227,8 +238,8 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
         else:
             low = prefix << (31 - known)  # (R, 1) the smallest bit pattern in the range
             step = 1 << shift
-            torch.clamp(bits, low - step, low + (step << width), out=scratch)  # (R, V)
-            scratch.sub_(low - step)  # (R, V) in [0, (2^b + 1) * step]
+            torch.sub(bits, low - step, out=scratch)  # (R, V) x - low + step (finite floats: no int32 overflow)
+            scratch.clamp_(0, (bins - 1) * step)  # (R, V) in [0, (2^b + 1) * step]: scalar bounds, 3x a tensor clamp
             if shift:
                 scratch.bitwise_right_shift_(shift)  # (R, V) in [0, 2^b + 1]
             scratch.add_(row * bins)  # (R, V) flat bin index
@@ -242,15 +253,19 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
     return prefix.view(torch.float32)  # (R, 1) v*
 
 
-def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None) -> Tensor:
+def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None,
+                       overwrite: bool = False) -> Tensor:
     """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
     Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs, the draw is the first
     i with C_i > u * C_V, so i is picked with probability probs_i / C_V (never one of
     probability 0). One uniform per row instead of one random number per vocabulary entry
     (a Gumbel/exponential race), and any leading shape (unlike `torch.multinomial`).
+    overwrite=True: a float32 `probs` is overwritten by C (the caller's scratch: no fresh
+    (..., V) block, the same draw).
     """
-    cdf = probs.float().cumsum(-1)  # (..., V)
+    probs = probs.float()  # (..., V)
+    cdf = torch.cumsum(probs, -1, out=probs) if overwrite else probs.cumsum(-1)  # (..., V)
     u = uniform(cdf.shape[:-1] + (1,), generator, cdf.device)  # (..., 1)
     index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (..., 1)
     return index.clamp(max=cdf.shape[-1] - 1).squeeze(-1)  # (...)
@@ -317,7 +332,8 @@ def guide(
                 else:
                     q_filtered = first_probs if step == 0 and first_probs is not None else filter_probs(
                         q_tau, top_p, top_k)  # (B, L, V)
-                    hard_tokens = sample_categorical(q_filtered, generator)  # (B, L)
+                    own = q_filtered is not first_probs and q_filtered is not q_tau  # a fresh block, ours to overwrite
+                    hard_tokens = sample_categorical(q_filtered, generator, overwrite=own)  # (B, L)
                     del q_filtered
                 del q_tau  # free (B, L, V) before the reward pass
                 guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)

@@ -239,11 +239,13 @@ def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator 
     return sample_categorical(probs, generator)
 
 
-def confidence(probs: Tensor, tokens: Tensor | None, alg: str, normalised: bool = False) -> Tensor:
+def confidence(probs: Tensor, tokens: Tensor | None, alg: str, normalised: bool = False,
+               overwrite: bool = False) -> Tensor:
     """Dream's unmasking confidence of drawing `tokens` from r = probs / sum(probs). (..., V), (...) -> (...).
 
     maskgit_plus: r(x);  topk_margin: r_(1) - r_(2);  entropy: -H(r) (`tokens` unused, may be None).
     normalised=True: `probs` already sums to 1 (an unfiltered softmax), so it is read as it is.
+    overwrite=True: `probs` is the caller's scratch; entropy's q log q is written over it (same values).
     """
     if not normalised:
         probs = probs / probs.sum(-1, keepdim=True)  # (..., V) renormalised after filtering
@@ -253,7 +255,8 @@ def confidence(probs: Tensor, tokens: Tensor | None, alg: str, normalised: bool 
         top2 = probs.topk(2, dim=-1).values  # (..., 2)
         return top2[..., 0] - top2[..., 1]
     if alg == "entropy":
-        return torch.xlogy(probs, probs).sum(-1)  # -H(q); xlogy(q, q) = q log q, and 0 where q = 0
+        q_log_q = torch.xlogy(probs, probs, out=probs) if overwrite else torch.xlogy(probs, probs)  # (..., V)
+        return q_log_q.sum(-1)  # -H(q); xlogy(q, q) = q log q, and 0 where q = 0
     raise ValueError(f"no confidence for alg {alg!r}")
 
 
@@ -327,7 +330,8 @@ def generate(
         unfiltered, probs = token_distributions(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) x2
         score = None  # (N, n) confidence, once known
         if reads == "unfiltered":  # -H(softmax(phi / tau)) of the unguided logits, before guidance moves them
-            score = confidence(unfiltered, None, config.alg, normalised=True)  # (N, n)
+            score = confidence(unfiltered, None, config.alg, normalised=True,
+                               overwrite=unfiltered is not probs)  # (N, n) unfiltered is dropped next
         del unfiltered  # only the filtered copy (the draw's, and the hook's) lives on through guidance
         guided_probs = probs  # (N, n, V)
         if guidance is not None:

@@ -191,7 +191,8 @@ def host_syncs(fn, device: torch.device) -> list[str] | None:
 
 class VocabOps(TorchDispatchMode):
     """Counts, by op name, the ops that read or write a tensor whose last dim is V, or a flattened (R * V,)
-    one (views and bare allocations excluded)."""
+    one (views, bare allocations and empty tensors excluded: a (0,) tensor's numel is a multiple of V, and
+    16 `cat`s of the step were counted for one before). Lookups into (V,) tables (`index`) count too."""
 
     ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_zeros"}  # no pass over the data
 
@@ -204,8 +205,9 @@ class VocabOps(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if not func.is_view and func.overloadpacket.__name__ not in self.ALLOCATIONS:
             tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
-            if any(t.dim() and (t.shape[-1] == self.vocab_size or t.dim() == 1 and t.numel() % self.vocab_size == 0)
-                   for t in tensors):  # (..., V), or a flattened (R * V,) block
+            V = self.vocab_size
+            if any(t.dim() and t.numel() and (t.shape[-1] == V or t.dim() == 1 and t.numel() % V == 0)
+                   for t in tensors):  # (..., V), or a flattened (R * V,) block; not an empty (0,) tensor
                 self.counts[func.overloadpacket.__name__] += 1
         return out
 

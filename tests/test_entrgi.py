@@ -886,3 +886,29 @@ def test_tempered_softmax_is_finite_for_any_positive_temperature(seed, v, scale,
     if tau <= 1e-30 and scale >= 1:
         top = logits == logits.amax(-1, keepdim=True)  # (3, v)
         torch.testing.assert_close(q, top.float() / top.sum(-1, keepdim=True), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- scratch-overwriting paths
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), V=st.integers(2, 600), tau=st.sampled_from([1e-30, 0.7, 1.0, 3.0]))
+def test_in_place_paths_give_the_same_values(seed, V, tau):
+    """The paths that write over their own scratch (no autograd) give bit for bit what the copying ones give:
+    tempered_softmax under no_grad vs with grad, entropy of detached vs grad-carrying logits, and
+    sample_categorical(overwrite=True) vs False (same draw from the same generator state; probs become C)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 5, V, generator=g) * 4  # (3, 5, V)
+    logits[..., 0] = -math.inf  # a masked-out token, as generate passes them on
+    with torch.no_grad():
+        in_place = tempered_softmax(logits, tau)  # (3, 5, V)
+    copied = tempered_softmax(logits.clone().requires_grad_(True), tau).detach()  # (3, 5, V)
+    assert torch.equal(in_place, copied)
+    assert torch.equal(entropy(logits), entropy(logits.clone().requires_grad_(True)).detach())
+    probs = filter_probs(in_place, 0.9)  # (3, 5, V)
+    expected = sample_categorical(probs.clone(), torch.Generator().manual_seed(seed))  # (3, 5)
+    scratch = probs.clone()  # (3, 5, V)
+    assert torch.equal(sample_categorical(scratch, torch.Generator().manual_seed(seed), overwrite=True), expected)
+    assert torch.equal(scratch, probs.cumsum(-1))  # overwritten by the cumulative sums
+    assert torch.equal(sample_categorical(probs, torch.Generator().manual_seed(seed)), expected)
+    assert torch.equal(probs, filter_probs(in_place, 0.9))  # overwrite=False leaves probs alone

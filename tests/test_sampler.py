@@ -1039,3 +1039,15 @@ def test_weight_log_is_nan_where_origin_has_no_mask_left():
         for b in range(logged.shape[1]):
             torch.testing.assert_close(logged[:, b].nanmean(), logged[~empty[:, b], b].mean(), rtol=1e-6, atol=0)
     assert found, "no run emptied its masks early: the case is not exercised"
+
+
+@pytest.mark.parametrize("normalised", [True, False])
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+def test_confidence_overwrite_gives_the_same_score(alg, normalised):
+    """overwrite=True (generate's scratch unfiltered softmax) scores exactly as overwrite=False does."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(4, 6, 50, generator=g), -1)  # (4, 6, 50)
+    probs[..., 7] = 0.0  # a filtered-out token: 0 log 0 = 0
+    tokens = torch.randint(0, 50, (4, 6), generator=g)  # (4, 6)
+    expected = confidence(probs, tokens, alg, normalised=normalised)  # (4, 6)
+    assert torch.equal(confidence(probs.clone(), tokens, alg, normalised=normalised, overwrite=True), expected)
