@@ -137,8 +137,8 @@ def reward_inputs(
 
 
 RADIX_DIGITS = (11, 10, 10)
-SORT_BELOW = 2048  # vocabularies smaller than this: a sort beats 3 passes over 2^11-bin histograms per row
 """Bits 30-20, 19-10 and 9-0 of a non-negative float32, read from the top; bit 31 (the sign) is 0."""
+SORT_BELOW = 2048  # vocabularies smaller than this: a sort beats 3 passes over 2^11-bin histograms per row
 
 
 def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = None) -> Tensor:

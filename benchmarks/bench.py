@@ -32,8 +32,8 @@ Also, from untimed steps run first, with only the models resident (as in run.py)
 Skywork-Reward-V2-Qwen3-1.7B configurations directly on the GPU in bfloat16 (nothing is
 downloaded). Shapes: K = 4 trajectories, L = 128, a 64-token prompt, M = 3.
 
-`vocab` builds the `models.tiny_*` architectures (hidden 64, 2 layers) with Dream's vocabulary,
-V = 151 936, so that the vocabulary-wide work is what is measured. Half the response is
+`vocab` builds the `models.tiny_*` architectures (hidden 64, 2 layers) with a vocabulary of
+Dream's size, V = 151 936 (Qwen3's rows; Dream has 152 064), so that the vocabulary-wide work is what is measured. Half the response is
 masked: its first 64 tokens are already placed and ride in the denoiser's prompt block, and
 one step (T = 1) fills the other 64 (N * n = 256 rows of V); the reward model reads those 64
 positions as the response.
@@ -70,8 +70,8 @@ PROMPT_TOKENS = 64
 PROMPT = ("Explain, step by step and with care, why the sky is blue during the day, why sunsets look red, "
           "and what a masked diffusion language model would need to write a good answer to this question.")
 
-DREAM_7B = dict(  # Dream-org/Dream-v0-Instruct-7B (Qwen2 layout)
-    vocab_size=151936, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+DREAM_7B = dict(  # Dream-org/Dream-v0-Instruct-7B (Qwen2 layout; 152064 embedding rows for 151667 tokens)
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
     num_key_value_heads=4, max_position_embeddings=131072, rope_theta=1e6, rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
@@ -81,7 +81,7 @@ SKYWORK_1_7B = dict(  # Skywork/Skywork-Reward-V2-Qwen3-1.7B (Qwen3-1.7B with a 
     tie_word_embeddings=True, num_labels=1,
 )
 DREAM_MASK_ID = 151666
-DREAM_VOCAB = DREAM_7B["vocab_size"]
+VOCAB_SHAPE_V = 151936  # --shape vocab: Qwen3's and Skywork's rows, within 0.1 % of Dream's 152064 (the recorded figures use it)
 VOCAB_PLACED = 64  # --shape vocab: response tokens already placed (the other L - 64 are masked)
 
 
@@ -100,7 +100,7 @@ def build(shape: str, device: torch.device):
         built = []
         for model, cls, seed in ((dllm, Qwen2ForCausalLM, 0), (reward, Qwen3ForSequenceClassification, 1)):
             config = model.config
-            config.vocab_size = DREAM_VOCAB
+            config.vocab_size = VOCAB_SHAPE_V
             built.append(models.seeded(seed, lambda: cls(config)).eval())
         return built[0], tokenizer, built[1], tokenizer, tokenizer.mask_token_id, torch.float32
     tokenizer = models.tiny_tokenizer(400)

@@ -1,4 +1,4 @@
-"""The benchmark runs as the README says and reports every figure issue 4 asks for.
+"""The benchmark runs as the README says and reports every figure it documents.
 
 No timing is asserted (performance is measured by `benchmarks/bench.py`, not by tests):
 only that one round at tiny shapes completes, is internally consistent, and lands in JSON.
