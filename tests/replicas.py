@@ -195,19 +195,8 @@ def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.T
         (directory / name).write_text(REMOTE_CODE.format(name=name))
 
     n_tokens = first + len(DREAM_ADDED)
-    raw = {
-        "architectures": ["DreamModel"],
-        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-        "model_type": "Dream",
-        "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": (n_tokens + 63) // 64 * 64, "max_position_embeddings": 512,
-        "max_window_layers": 2, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "rope_scaling": None,
-        "sliding_window": 512, "use_sliding_window": False, "tie_word_embeddings": False, "use_cache": False,
-        "mask_token_id": ids["<|mask|>"], "pad_token_id": ids["<|endoftext|>"],
-        "bos_token_id": ids["<|beginoftext|>"], "eos_token_id": ids["<|endoftext|>"],
-        "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
-    }
+    raw = dream_config_json(n_tokens, mask=ids["<|mask|>"], pad=ids["<|endoftext|>"], bos=ids["<|beginoftext|>"],
+                            eos=ids["<|endoftext|>"])
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
     generation = {"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"],
                   "pad_token_id": raw["pad_token_id"], "transformers_version": "4.46.2"}
@@ -221,6 +210,23 @@ def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.T
                 param.copy_(models.seeded(seed + 1, lambda: torch.randn(param.shape)) * 0.1)
     state = _save_sharded(model, directory, shards=2)
     return raw, state
+
+
+def dream_config_json(n_tokens: int, *, mask: int, pad: int, bos: int, eos: int) -> dict:
+    """Dream-v0-Instruct's config.json fields (transformers 4.46, remote-code auto_map) at tiny sizes;
+    like Dream's, the embedding has more rows than the tokenizer has tokens (a multiple of 64)."""
+    return {
+        "architectures": ["DreamModel"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        "model_type": "Dream",
+        "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": (n_tokens + 63) // 64 * 64, "max_position_embeddings": 512,
+        "max_window_layers": 2, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "rope_scaling": None,
+        "sliding_window": 512, "use_sliding_window": False, "tie_word_embeddings": False, "use_cache": False,
+        "mask_token_id": mask, "pad_token_id": pad, "bos_token_id": bos, "eos_token_id": eos,
+        "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
+    }
 
 
 def qwen2_config(raw: dict) -> transformers.Qwen2Config:

@@ -136,18 +136,8 @@ def dream_checkpoint(tmp_path_factory):
     tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2))
 
     mask = tokenizer.convert_tokens_to_ids(models.MASK_TOKEN)
-    raw = {
-        "architectures": ["DreamModel"],
-        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-        "model_type": "Dream",
-        "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": (len(tokenizer) + 63) // 64 * 64, "max_position_embeddings": 512,
-        "max_window_layers": 2, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "rope_scaling": None,
-        "sliding_window": 512, "use_sliding_window": False, "tie_word_embeddings": False, "use_cache": False,
-        "mask_token_id": mask, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.eos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
-    }
+    raw = replicas.dream_config_json(len(tokenizer), mask=mask, pad=tokenizer.pad_token_id,
+                                     bos=tokenizer.eos_token_id, eos=tokenizer.eos_token_id)
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
 
     config = replicas.qwen2_config(raw)
