@@ -24,7 +24,6 @@ a trained model's fluent text.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path

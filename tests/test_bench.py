@@ -26,7 +26,7 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     expected = figures["step_s"] / (figures["denoiser_s"] + M * figures["reward_fwd_bwd_s"])
     assert figures["overhead_ratio"] == pytest.approx(expected)
     assert figures["filter_ratio"] == figures["filter_s"] / figures["softmax_s"]
-    V = figures["shapes"]["V"]
+    assert figures["shapes"]["V"] == 320  # the tiny denoiser's rows (its filters take the sort path)
     assert figures["shapes"]["filter_rows"] == 4 * 128  # the step's block: all 128 positions of 4 rows
     # one guided step, vocabulary-wide: M + 1 softmaxes forward (relaxations, guided q), the unguided q,
     # the M checkpointed recomputations; four top-p filters, each one sort (V = 320 < entrgi.SORT_BELOW: no

@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 import rewards  # noqa: E402
-import run  # noqa: E402
 
 # Scores are O(1) float32 numbers from a 2-layer model. The one-hot embedding rows are
 # bit-identical to R's embedding rows (x @ one_hot picks a row exactly), so two computations

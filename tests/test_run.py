@@ -330,7 +330,7 @@ def test_script_entry_point_and_progress_bar(tmp_path):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"denoising: 100%" in done.stderr and f"| {T}/{T} [" in done.stderr  # tqdm's bar, to the end
+    assert "denoising: 100%" in done.stderr and f"| {T}/{T} [" in done.stderr  # tqdm's bar, to the end
     assert "denoising" not in done.stdout
     result = json.loads(output.read_text())
     assert len(result["responses"]) == K
