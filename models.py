@@ -169,8 +169,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+CONFIG_FILES = ["*.json", "*.txt", "*.jinja", "*.model"]  # configs and tokenizers: all a plan reads
+WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json"]
+
+
 def resolve_checkpoint(name: str, what: str) -> str:
-    """A local directory holding checkpoint `name`: the directory itself, or its copy in the hub cache.
+    """A local directory holding checkpoint `name`'s configs and tokenizer: the directory itself, or its
+    copy in the hub cache (fetched without the weights, which `fetch_weights` adds when they are needed).
 
     Fails fast with one line where transformers would retry for half a minute: a file
     instead of a directory, a name that is neither a directory nor a hub id, a hub id that
@@ -202,9 +207,22 @@ def resolve_checkpoint(name: str, what: str) -> str:
         raise UsageError(f"cannot load model {name!r}: the hub ({constants.ENDPOINT}) is unreachable and it is not "
                          f"in the local cache; {hint}, or set HF_HUB_OFFLINE=1")
     try:
-        return snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.jinja", "*.model"])
+        return snapshot_download(name, allow_patterns=CONFIG_FILES)  # a --dry-run downloads no weight
     except LOAD_ERRORS as error:
         raise UsageError(f"cannot load model {name!r}: {first_line(error)}") from None
+
+
+def fetch_weights(name: str, directory: str) -> str:
+    """The directory with the weights too: `directory` itself for a local checkpoint, else the hub snapshot
+    with its safetensors files fetched (or found in the cache when the hub is offline)."""
+    from huggingface_hub import constants, snapshot_download
+
+    if Path(name).expanduser().is_dir():
+        return directory
+    try:
+        return snapshot_download(name, allow_patterns=WEIGHT_FILES, local_files_only=bool(constants.HF_HUB_OFFLINE))
+    except LOAD_ERRORS as error:
+        raise UsageError(f"cannot load the weights of {name!r}: {first_line(error)}") from None
 
 
 def _read_json(directory: str, filename: str, name: str) -> dict | None:
@@ -353,8 +371,9 @@ def load_weights(checkpoint: Checkpoint, dtype: torch.dtype):
         seed = 0 if checkpoint.model_class is Qwen2ForCausalLM else 1
         model = seeded(seed, lambda: checkpoint.model_class(checkpoint.config))
     else:
+        directory = fetch_weights(checkpoint.name, checkpoint.directory)
         try:
-            model = checkpoint.model_class.from_pretrained(checkpoint.directory, config=checkpoint.config, dtype=dtype)
+            model = checkpoint.model_class.from_pretrained(directory, config=checkpoint.config, dtype=dtype)
         except LOAD_ERRORS as error:
             raise UsageError(f"cannot load model {checkpoint.name!r}: {first_line(error)}") from None
     if checkpoint.model_class is not Qwen2ForCausalLM and not all(hasattr(model, p) for p in ("model", "score")):

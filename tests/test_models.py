@@ -401,3 +401,32 @@ def test_peak_prediction_reproduces_the_measured_breakdown():
     assert with_prefix["prefix_cache"] == 4 * 86 * 28 * 2 * 8 * 128 * 2  # rows x tokens x layers x (k, v) x heads x dim
     assert with_prefix["total"] == sum(with_prefix[k] for k in ("weights", "vocab_blocks", "reward_activations",
                                                                 "prefix_cache"))
+
+
+def test_a_hub_checkpoint_is_planned_without_its_weights(dream, tmp_path, monkeypatch):
+    """A hub id: the plan fetches only configs and tokenizers (a --dry-run downloads no weight); the weights are
+    fetched when the model is built. (The hub is simulated: snapshot_download serves a local copy.)"""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a: True)
+    served = tmp_path / "snapshot"
+    asked = []
+
+    def fake_snapshot(name, allow_patterns=None, local_files_only=False):
+        asked.append((name, allow_patterns, local_files_only))
+        if local_files_only and allow_patterns is None:
+            raise OSError("not in the cache")  # the first look, in the local cache
+        served.mkdir(exist_ok=True)
+        for path in dream[0].iterdir():  # copy only the files the patterns name
+            if any(path.match(pattern) for pattern in allow_patterns):
+                shutil.copy(path, served / path.name)
+        return str(served)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    checkpoint = models.denoiser_checkpoint("Dream-org/Dream-v0-Instruct-7B")
+    assert not list(served.glob("*.safetensors")) and asked[-1][1] == models.CONFIG_FILES
+    model = models.load_weights(checkpoint, torch.float32)
+    assert asked[-1][1] == models.WEIGHT_FILES and list(served.glob("*.safetensors"))
+    assert torch.equal(model.state_dict()["lm_head.weight"], dream[2]["lm_head.weight"])
