@@ -112,6 +112,7 @@ def reward_inputs(
     method: str,
     temperature: float = 1.0,
     soft: Tensor | None = None,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """The reward model's input embeddings at the guided positions.
 
@@ -121,7 +122,8 @@ def reward_inputs(
 
     for method "entrgi" | "aps" | "expectation". logits (..., V), embed_matrix (V, d),
     hard_tokens (...) long. `soft` (..., d), if given, is soft_embedding(logits, E, tau)[0]
-    already computed by the caller. Returns (..., d) in embed_matrix's dtype.
+    already computed by the caller; `weight` (...), if given, is entropy_weight(logits) likewise.
+    Returns (..., d) in embed_matrix's dtype.
     """
     if method not in METHODS:
         raise ValueError(f"unknown guidance method {method!r}; expected one of {METHODS}")
@@ -132,7 +134,9 @@ def reward_inputs(
     hard = embed_matrix[hard_tokens]  # (..., d)
     if method == "aps":
         return soft + (hard - soft).detach()
-    weight = entropy_weight(logits).unsqueeze(-1).to(soft.dtype)  # (..., 1)
+    if weight is None:
+        weight = entropy_weight(logits)  # (...)
+    weight = weight.unsqueeze(-1).to(soft.dtype)  # (..., 1)
     return soft + (weight * (hard - soft)).detach()
 
 
@@ -294,6 +298,7 @@ def guide(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     first_probs: Tensor | None = None,
+    first_weight: Tensor | None = None,
 ) -> Tensor:
     """Reward-guided logits: `steps` Adam steps of gradient ascent on the summed reward.
 
@@ -306,7 +311,8 @@ def guide(
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
     `first_probs` (B, L, V), if given, is the first step's draw distribution
     filter(softmax(logits / tau)) as filter_probs returns it, already computed by the caller:
-    the first step draws from it instead of filtering the same logits again.
+    the first step draws from it instead of filtering the same logits again. `first_weight`
+    (B, L), if given, is entropy_weight(logits), likewise computed by the caller (for its log).
     The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
     `masked` is False carry no gradient and come back unchanged, as do all logits when
     steps = 0 (the generator is then not touched and the input itself is returned).
@@ -337,7 +343,8 @@ def guide(
                     del q_filtered
                 del q_tau  # free (B, L, V) before the reward pass
                 guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)
-            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, soft)  # (B, L, d)
+            weight = first_weight if step == 0 else None  # entropy_weight(logits), if the caller has it
+            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, soft, weight)  # (B, L, d)
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
             loss = -reward_fn(embeds, guided_tokens).sum()
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # d loss / d phi only: R's weights get no .grad

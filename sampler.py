@@ -390,14 +390,17 @@ def reward_guidance(
             tokens = response.scatter(1, positions, block_tokens)  # (N, L)
             return score_embeds(embeds, tokens)  # (N,)
 
+        first_weight = None
         if weight_log is not None:
-            weight = rearrange(entropy_weight(logits) * masked, "(b k) n -> b (k n)", k=config.K)  # (B, K n)
+            first_weight = entropy_weight(logits)  # (N, n) guide's first Adam step reads the same w
+            weight = rearrange(first_weight * masked, "(b k) n -> b (k n)", k=config.K)  # (B, K n)
             count = rearrange(masked, "(b k) n -> b (k n)", k=config.K).sum(-1)  # (B,)
             weight_log.append(weight.sum(-1) / count)  # (B,) NaN for a prompt with no masked position
         return guide(
             logits, masked, response.gather(1, positions), embed_matrix, reward_fn,
             method=config.method, steps=config.M, lr=config.eta, temperature=config.temperature,
             top_p=config.top_p, top_k=config.top_k, generator=generator, first_probs=probs,
+            first_weight=first_weight,
         )
 
     return hook

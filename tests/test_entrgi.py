@@ -912,3 +912,18 @@ def test_in_place_paths_give_the_same_values(seed, V, tau):
     assert torch.equal(scratch, probs.cumsum(-1))  # overwritten by the cumulative sums
     assert torch.equal(sample_categorical(probs, torch.Generator().manual_seed(seed)), expected)
     assert torch.equal(probs, filter_probs(in_place, 0.9))  # overwrite=False leaves probs alone
+
+
+@FAST
+@given(p=problems(), seed=seeds, steps=st.integers(1, 3))
+def test_guide_first_weight_is_the_callers_entropy_weight(p: Problem, seed: int, steps: int):
+    """first_weight = entropy_weight(logits) handed in gives bitwise the same guided logits as guide computing it
+    (the hook's log computes it anyway), and a different first_weight changes them (it is used)."""
+    reward = lambda e, t: (p.coef * e).sum((-2, -1))  # noqa: E731
+    plain = run_guide(p, reward, "entrgi", steps, 0.5, seed)
+    given_w = run_guide(p, reward, "entrgi", steps, 0.5, seed, first_weight=entropy_weight(p.logits))
+    assert torch.equal(plain, given_w)
+    other = run_guide(p, lambda e, t: (p.coef * e**2).sum((-2, -1)), "entrgi", steps, 0.5, seed,
+                      first_weight=1 - entropy_weight(p.logits))
+    assume(p.masked.any())
+    assert not torch.equal(other, run_guide(p, lambda e, t: (p.coef * e**2).sum((-2, -1)), "entrgi", steps, 0.5, seed))
