@@ -363,11 +363,13 @@ def throughput(args, device: torch.device) -> dict:
 
     One record = one prompt's K guided (entrgi) responses, generated whole: T denoising
     steps, each one denoiser forward and M reward forward+backward passes over the B x K
-    rows, with per-prompt random streams (rng.CounterRNG), as `run.generate_batch` does.
+    rows, with per-prompt random streams (rng.CounterRNG), as `run.generate_batch` does (the
+    generation only: its final decoding and scoring, a few per cent of a batch, are not timed).
     Shapes: K = 4, M = 3, a 64-token prompt (B different ones, left-padded), L = 32 and
     T = 8 at `tiny` on the CPU, L = 128 and T = 8 at `dream-7b` on CUDA (a 128-step record
     costs about 16 times as long). Each B: --warmup untimed batches, then the median of
-    --repeat; records_per_s = B / median seconds, all Bs in one process, in turn.
+    --repeat; records_per_s = B / median seconds. The Bs take turns within every round (as the
+    step's parts do in `timed`), so that a burst of load on the shared machine reaches them alike.
     """
     from rng import CounterRNG, stream_key
 
@@ -401,15 +403,15 @@ def throughput(args, device: torch.device) -> dict:
                "shapes": {"shape": args.shape, "K": config.K, "L": L, "T": config.T, "M": config.M,
                           "prompt_tokens": PROMPT_TOKENS, "warmup": args.warmup, "repeat": args.repeat},
                "records_per_s": {}}
-    for B in THROUGHPUT_BATCHES:
-        for _ in range(args.warmup):
-            batch(B)
-        times = []
-        for _ in range(args.repeat):
+    times = {B: [] for B in THROUGHPUT_BATCHES}
+    for round_ in range(args.warmup + args.repeat):
+        for B in THROUGHPUT_BATCHES:
             started = time.perf_counter()
             batch(B)
-            times.append(time.perf_counter() - started)
-        figures["records_per_s"][B] = B / statistics.median(times)
+            if round_ >= args.warmup:
+                times[B].append(time.perf_counter() - started)
+    for B in THROUGHPUT_BATCHES:
+        figures["records_per_s"][B] = B / statistics.median(times[B])
         print(f"B = {B}:  {figures['records_per_s'][B]:8.3f} records/s  (median of {args.repeat})", flush=True)
     figures["speedup_8_over_1"] = figures["records_per_s"][8] / figures["records_per_s"][1]
     print(f"B = 8 / B = 1:  {figures['speedup_8_over_1']:.2f}x")

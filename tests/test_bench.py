@@ -66,3 +66,15 @@ def test_bench_json_directory_is_a_one_line_error_before_any_work(tmp_path, caps
     captured = capsys.readouterr()
     assert len(captured.err.strip().splitlines()) == 1 and "directory" in captured.err
     assert captured.out == ""  # no figures: nothing was timed
+
+
+def test_bench_throughput_reports_records_per_second(tmp_path, capsys):
+    """--throughput at tiny shapes, one round: records/s for B = 1, 4, 8, the B = 8 / B = 1 ratio from them, JSON."""
+    out = tmp_path / "throughput.json"
+    figures = bench.main(["--throughput", "--shape", "tiny", "--device", "cpu", "--warmup", "0", "--repeat", "1",
+                          "--json", str(out)])
+    rates = figures["records_per_s"]
+    assert sorted(rates) == [1, 4, 8] and all(rate > 0 for rate in rates.values())
+    assert figures["speedup_8_over_1"] == rates[8] / rates[1]
+    assert json.loads(out.read_text())["speedup_8_over_1"] == figures["speedup_8_over_1"]
+    assert "B = 8 / B = 1" in capsys.readouterr().out
