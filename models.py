@@ -190,12 +190,12 @@ def resolve_checkpoint(name: str, what: str) -> str:
         return str(path)
     if path.exists():
         raise UsageError(f"{what} {name!r} is a file: neither a checkpoint directory nor a hub id")
+    if name.startswith((".", "/", "~")):  # a path, not a hub id
+        raise UsageError(f"{what} {name!r}: no such directory")
     try:
         validate_repo_id(name)
     except HFValidationError:
         raise UsageError(f"{what} {name!r} is neither an existing directory nor a hub id (owner/name)") from None
-    if name.startswith((".", "/", "~")):
-        raise UsageError(f"{what} {name!r}: no such directory")
     try:
         return snapshot_download(name, local_files_only=True)  # already in the hub cache
     except LOAD_ERRORS:

@@ -416,9 +416,11 @@ def test_cuda_without_cuda(capsys, tmp_path):
     ("--reward-model", "some-org/missing-model"),
 ])
 def test_missing_model(flag, name, capsys, tmp_path):
-    """A model that is neither a local directory nor reachable (offline hub) is a usage error naming it."""
+    """A model that is neither a local directory nor reachable (offline hub) is a usage error naming it: a path
+    that does not exist says so, a hub id that is not cached names the way out."""
     argv = ["--prompt", PROMPT, *TINY, flag, name]
-    assert_usage_error(argv, capsys, tmp_path, name)
+    line = assert_usage_error(argv, capsys, tmp_path, name)
+    assert ("no such directory" in line) == name.startswith("/"), line
 
 
 @pytest.mark.parametrize("flag", ["--dllm", "--reward-model"])
