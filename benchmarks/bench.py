@@ -383,8 +383,9 @@ def throughput(args, device: torch.device) -> dict:
     reading = rewards.response_reading(dllm.config.vocab_size, [tokenizer.eos_token_id], tokenizer.pad_token_id)
     denoise = sampler.dream_denoiser(dllm)
     words = (PROMPT * 4).split()
-    texts = [" ".join(words[i:]) for i in range(max(THROUGHPUT_BATCHES))]  # B different prompts
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS] for t in texts]
+    rows = [tokenizer(" ".join(words[i:]), add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
+            for i in range(max(THROUGHPUT_BATCHES))]  # B different 64-token prompts
+    texts = [tokenizer.decode(row) for row in rows]  # the same prompts as the reward model reads them
 
     def batch(B: int) -> None:
         ids, keep = rewards.left_pad(rows[:B], tokenizer.pad_token_id)  # (B, P)
