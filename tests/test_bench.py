@@ -78,3 +78,29 @@ def test_bench_throughput_reports_records_per_second(tmp_path, capsys):
     assert figures["speedup_8_over_1"] == rates[8] / rates[1]
     assert json.loads(out.read_text())["speedup_8_over_1"] == figures["speedup_8_over_1"]
     assert "B = 8 / B = 1" in capsys.readouterr().out
+
+
+def test_bench_throughput_scores_the_prompts_it_denoises(monkeypatch):
+    """--throughput: the reward model reads the same 64-token prompts the denoiser is given (it once read
+    the untruncated ~290-token texts, which made its attention, and so the B = 8 figure, pay for 369 keys)."""
+    scored, denoised = [], []
+
+    class Recording(bench.rewards.EmbeddingScorer):
+        def __init__(self, model, tokenizer, prompts, **kwargs):
+            scored.append(list(prompts))
+            super().__init__(model, tokenizer, prompts, **kwargs)
+
+    generate = bench.sampler.generate
+
+    def recording_generate(denoise, ids, keep, *args, **kwargs):
+        denoised.append([row[row_keep].tolist() for row, row_keep in zip(ids, keep)])  # the left pad dropped
+        return generate(denoise, ids, keep, *args, **kwargs)
+
+    monkeypatch.setattr(bench.rewards, "EmbeddingScorer", Recording)
+    monkeypatch.setattr(bench.sampler, "generate", recording_generate)
+    bench.main(["--throughput", "--shape", "tiny", "--device", "cpu", "--warmup", "0", "--repeat", "1"])
+    tokenizer = bench.models.tiny_dllm()[1]  # the denoiser's tokenizer, as bench.build("tiny") makes it
+    assert [len(texts) for texts in scored] == [1, 4, 8] and len(denoised) == 3
+    for texts, rows in zip(scored, denoised):
+        assert all(len(row) == bench.PROMPT_TOKENS for row in rows)
+        assert [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] == rows
