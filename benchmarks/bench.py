@@ -22,6 +22,8 @@ positions masked; vocab: 64 masked, see below):
     filter_s         one filter_probs(q, top_p) on the step's (N * n, V) block of probabilities
     softmax_s        one softmax over the same (N * n, V) block of logits, same rounds
     filter_ratio     filter_s / softmax_s: what the exact top-p filter costs, in softmaxes
+    filter_share     (M + 1) * filter_s / step_s: the step's share spent in its M + 1 filters (the
+                     unguided q, the draws of Adam steps 2..M, the guided q), timed apart
 Also, from untimed steps run first, with only the models resident (as in run.py):
     peak_mem_bytes   peak GPU memory allocated, models included (CPU: the process's peak resident set)
     host_syncs       CUDA only: each place the step made the host wait for the GPU (want: none)
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = timed(parts, args.warmup, args.repeat, device)
     figures["overhead_ratio"] = figures["step_s"] / (figures["denoiser_s"] + config.M * figures["reward_fwd_bwd_s"])
     figures["filter_ratio"] = figures["filter_s"] / figures["softmax_s"]
+    figures["filter_share"] = (config.M + 1) * figures["filter_s"] / figures["step_s"]
     figures["vocab_ops"] = vocab_ops(step, dllm.config.vocab_size)
     figures["peak_mem_bytes"] = peak_mem_bytes
     figures["host_syncs"] = syncs
@@ -340,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<18} {figures[name] * 1e3:10.2f} ms")
     print(f"{'overhead_ratio':<18} {figures['overhead_ratio']:10.3f}")
     print(f"{'filter_ratio':<18} {figures['filter_ratio']:10.3f}  (filter_s / softmax_s, {block_probs.shape[0]} rows of V)")
+    print(f"{'filter_share':<18} {figures['filter_share']:10.3f}  ({config.M + 1} filters x filter_s / step_s)")
     print(f"{'vocab_ops':<18} {sum(figures['vocab_ops'].values()):10d}  (ops on a last dim of V in one guided step)")
     for name, count in figures["vocab_ops"].items():
         print(f"    {count:3d} x {name}")
@@ -370,6 +374,8 @@ def throughput(args, device: torch.device) -> dict:
     costs about 16 times as long). Each B: --warmup untimed batches, then the median of
     --repeat; records_per_s = B / median seconds. The Bs take turns within every round (as the
     step's parts do in `timed`), so that a burst of load on the shared machine reaches them alike.
+    Per B also: on CUDA the peak GPU memory allocated over its batches (models included), and
+    the peak `run.py --dry-run --batch-size B` predicts for these shapes (models.predict_peak_bytes).
     """
     from rng import CounterRNG, stream_key
 
@@ -398,22 +404,41 @@ def throughput(args, device: torch.device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def predicted_peak(B: int) -> int:  # what `run.py --dry-run --batch-size B` predicts for these shapes
+        pieces = [rewards.chat_pieces(reward_tokenizer, text) for text in texts[:B]]  # R's (prefix, suffix) ids
+
+        def checkpoint(model, its_tokenizer):
+            return models.Checkpoint(args.shape, None, model.config, its_tokenizer, type(model))
+        return models.predict_peak_bytes(
+            checkpoint(dllm, tokenizer), checkpoint(reward, reward_tokenizer), rows=B * config.K, length=L,
+            reward_tokens=L + len(pieces[0][1]), dtype=dtype,
+            prefix_tokens=max(len(prefix) for prefix, _ in pieces))["total"]
+
     figures = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "torch": torch.__version__, "device": str(device),
                            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
                "shapes": {"shape": args.shape, "K": config.K, "L": L, "T": config.T, "M": config.M,
                           "prompt_tokens": PROMPT_TOKENS, "warmup": args.warmup, "repeat": args.repeat},
-               "records_per_s": {}}
+               "records_per_s": {}, "peak_mem_bytes": {}, "predicted_peak_bytes": {}}
     times = {B: [] for B in THROUGHPUT_BATCHES}
+    peaks = {B: 0 for B in THROUGHPUT_BATCHES}
     for round_ in range(args.warmup + args.repeat):
         for B in THROUGHPUT_BATCHES:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             started = time.perf_counter()
             batch(B)
             if round_ >= args.warmup:
                 times[B].append(time.perf_counter() - started)
+            if device.type == "cuda":
+                peaks[B] = max(peaks[B], torch.cuda.max_memory_allocated(device))
     for B in THROUGHPUT_BATCHES:
         figures["records_per_s"][B] = B / statistics.median(times[B])
-        print(f"B = {B}:  {figures['records_per_s'][B]:8.3f} records/s  (median of {args.repeat})", flush=True)
+        figures["predicted_peak_bytes"][B] = predicted_peak(B)
+        figures["peak_mem_bytes"][B] = peaks[B] if device.type == "cuda" else None
+        measured = f"{peaks[B] / 2**30:.2f} GiB" if device.type == "cuda" else "not measured on CPU"
+        print(f"B = {B}:  {figures['records_per_s'][B]:8.3f} records/s  (median of {args.repeat});  peak memory "
+              f"{measured}, predicted {figures['predicted_peak_bytes'][B] / 2**30:.2f} GiB", flush=True)
     figures["speedup_8_over_1"] = figures["records_per_s"][8] / figures["records_per_s"][1]
     print(f"B = 8 / B = 1:  {figures['speedup_8_over_1']:.2f}x")
     if args.json is not None:
