@@ -26,6 +26,7 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     expected = figures["step_s"] / (figures["denoiser_s"] + M * figures["reward_fwd_bwd_s"])
     assert figures["overhead_ratio"] == pytest.approx(expected)
     assert figures["filter_ratio"] == figures["filter_s"] / figures["softmax_s"]
+    assert figures["filter_share"] == (M + 1) * figures["filter_s"] / figures["step_s"]  # M + 1 filters a step
     assert figures["shapes"]["V"] == 320  # the tiny denoiser's rows (its filters take the sort path)
     assert figures["shapes"]["filter_rows"] == 4 * 128  # the step's block: all 128 positions of 4 rows
     # one guided step, vocabulary-wide: M + 1 softmaxes forward (relaxations, guided q), the unguided q,
@@ -42,7 +43,8 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
         "K": 4, "L": 128, "masked": 128, "prompt_tokens": 64, "M": 3, "top_p": 0.95}
     assert json.loads(out.read_text()) == figures
     printed = capsys.readouterr().out
-    assert all(name in printed for name in PARTS + ("overhead_ratio", "filter_ratio", "vocab_ops", "peak_mem_bytes"))
+    assert all(name in printed for name in PARTS + ("overhead_ratio", "filter_ratio", "filter_share", "vocab_ops",
+                                                   "peak_mem_bytes"))
 
 
 @pytest.mark.parametrize("argv", [["--device", "cuda"], ["--shape", "vocab", "--repeat", "0"], ["--shape", "dream-7b", "--device", "cpu"],
@@ -76,6 +78,9 @@ def test_bench_throughput_reports_records_per_second(tmp_path, capsys):
     rates = figures["records_per_s"]
     assert sorted(rates) == [1, 4, 8] and all(rate > 0 for rate in rates.values())
     assert figures["speedup_8_over_1"] == rates[8] / rates[1]
+    predicted = figures["predicted_peak_bytes"]
+    assert predicted[1] < predicted[4] < predicted[8]  # the dry-run's prediction grows with B
+    assert figures["peak_mem_bytes"] == {1: None, 4: None, 8: None}  # measured on CUDA only
     assert json.loads(out.read_text())["speedup_8_over_1"] == figures["speedup_8_over_1"]
     assert "B = 8 / B = 1" in capsys.readouterr().out
 
@@ -104,3 +109,23 @@ def test_bench_throughput_scores_the_prompts_it_denoises(monkeypatch):
     for texts, rows in zip(scored, denoised):
         assert all(len(row) == bench.PROMPT_TOKENS for row in rows)
         assert [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] == rows
+
+
+def test_gpu_checks_script_runs_every_check_and_writes_its_figures(tmp_path):
+    """benchmarks/gpu_checks.sh, tried on the CPU as its header says (SHAPE=tiny): both benches run and leave
+    their JSON and logs under OUT, with the machine's description, so a GPU session runs it unchanged."""
+    import os
+    import subprocess
+    script = Path(bench.__file__).with_name("gpu_checks.sh")
+    env = dict(os.environ, SHAPE="tiny", REPEAT="1", OUT=str(tmp_path / "out"))
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["machine.txt", "step.json", "step.log", "throughput.json",
+                                                      "throughput.log"]
+    assert f"torch {torch.__version__}" in (out / "machine.txt").read_text()
+    step, throughput = (json.loads((out / name).read_text()) for name in ("step.json", "throughput.json"))
+    assert step["shapes"]["shape"] == throughput["shapes"]["shape"] == "tiny"
+    assert step["shapes"]["repeat"] == throughput["shapes"]["repeat"] == 1
+    assert "filter_share" in step and set(throughput["predicted_peak_bytes"]) == {"1", "4", "8"}
+    assert "B = 8 / B = 1" in (out / "throughput.log").read_text()
