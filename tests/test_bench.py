@@ -117,7 +117,7 @@ def test_gpu_checks_script_runs_every_check_and_writes_its_figures(tmp_path):
     import os
     import subprocess
     script = Path(bench.__file__).with_name("gpu_checks.sh")
-    env = dict(os.environ, SHAPE="tiny", REPEAT="1", OUT=str(tmp_path / "out"))
+    env = dict(os.environ, SHAPE="tiny", REPEAT="1", OUT=str(tmp_path / "out"), PYTHON=sys.executable)
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"
