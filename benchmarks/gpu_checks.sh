@@ -6,7 +6,8 @@
 #
 # PYTHON (default python) is the interpreter that runs the benches.
 #
-# Writes under $OUT (default gpu-out, in the repository root; ignored by git): machine.txt (GPU, driver, torch, transformers, commit), and for
+# Writes under $OUT (default gpu-out, in the repository root; ignored by git): machine.txt (GPU,
+# driver, torch, transformers, commit), and for
 #   bench.py --shape $SHAPE               step.json / step.log: step, parts, overhead_ratio, filter_ratio,
 #                                         filter_share, vocab_ops, peak memory of one step, host syncs
 #   bench.py --throughput --shape $SHAPE  throughput.json / throughput.log: records/s at B = 1, 4, 8, and per B
