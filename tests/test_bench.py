@@ -87,7 +87,8 @@ def test_bench_throughput_reports_records_per_second(tmp_path, capsys):
 
 def test_bench_throughput_scores_the_prompts_it_denoises(monkeypatch):
     """--throughput: the reward model reads the same 64-token prompts the denoiser is given (it once read
-    the untruncated ~290-token texts, which made its attention, and so the B = 8 figure, pay for 369 keys)."""
+    the untruncated ~290-token texts, which made its attention, and so the B = 8 figure, pay for 369 keys),
+    and its predicted peak per B is the one `run.py --dry-run` prints for the same prompts."""
     scored, denoised = [], []
 
     class Recording(bench.rewards.EmbeddingScorer):
@@ -103,12 +104,19 @@ def test_bench_throughput_scores_the_prompts_it_denoises(monkeypatch):
 
     monkeypatch.setattr(bench.rewards, "EmbeddingScorer", Recording)
     monkeypatch.setattr(bench.sampler, "generate", recording_generate)
-    bench.main(["--throughput", "--shape", "tiny", "--device", "cpu", "--warmup", "0", "--repeat", "1"])
+    figures = bench.main(["--throughput", "--shape", "tiny", "--device", "cpu", "--warmup", "0", "--repeat", "1"])
     tokenizer = bench.models.tiny_dllm()[1]  # the denoiser's tokenizer, as bench.build("tiny") makes it
     assert [len(texts) for texts in scored] == [1, 4, 8] and len(denoised) == 3
     for texts, rows in zip(scored, denoised):
         assert all(len(row) == bench.PROMPT_TOKENS for row in rows)
         assert [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts] == rows
+        # its predicted peak is what `run.py --dry-run --batch-size B` prints for these prompts (3 digits)
+        B = len(texts)
+        shapes = figures["shapes"]
+        config = bench.SamplingConfig(K=shapes["K"], max_new_tokens=shapes["L"], M=shapes["M"], T=shapes["T"])
+        plan = bench.run.make_plan("tiny", "tiny", texts, config)
+        printed = next(line for line in bench.run.describe_plan(plan, torch.float32, batch=B) if "peak memory" in line)
+        assert f"{figures['predicted_peak_bytes'][B] / 2**30:.3g} GiB predicted for B = {B} " in printed
 
 
 def test_gpu_checks_script_runs_every_check_and_writes_its_figures(tmp_path):
