@@ -12,7 +12,8 @@
 #                                         filter_share, vocab_ops, peak memory of one step, host syncs
 #   bench.py --throughput --shape $SHAPE  throughput.json / throughput.log: records/s at B = 1, 4, 8, and per B
 #                                         the measured peak memory (CUDA) beside run.py --dry-run's prediction
-# Each log is written as the bench runs (tee), so a run cut short still leaves what it measured. At
+# Each log is written as its bench runs (tee), and each bench prints its figures when it ends: if the
+# throughput bench is cut short, the step's figures are already under $OUT (its own are lost). At
 # dream-7b shapes on an H100-class GPU the two should take 3-4 minutes, model building included
 # (estimated from the one H100 step timing in benchmarks/RESULTS.md; not yet run on a GPU).
 set -euo pipefail
