@@ -369,8 +369,8 @@ def throughput(args, device: torch.device) -> dict:
     steps, each one denoiser forward and M reward forward+backward passes over the B x K
     rows, with per-prompt random streams (rng.CounterRNG), as `run.generate_batch` does (the
     generation only: its final decoding and scoring, a few per cent of a batch, are not timed).
-    Shapes: K = 4, M = 3, B different 64-token prompts (the reward model reads the same ones; its chat prefixes are left-padded), L = 32 and
-    T = 8 at `tiny` on the CPU, L = 128 and T = 8 at `dream-7b` on CUDA (a 128-step record
+    Shapes: K = 4, M = 3, B different 64-token prompts (the reward model reads the same ones;
+    its chat prefixes are left-padded), L = 32 and T = 8 at `tiny` on the CPU, L = 128 and T = 8 at `dream-7b` on CUDA (a 128-step record
     costs about 16 times as long). Each B: --warmup untimed batches, then the median of
     --repeat; records_per_s = B / median seconds. The Bs take turns within every round (as the
     step's parts do in `timed`), so that a burst of load on the shared machine reaches them alike.
