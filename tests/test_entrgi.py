@@ -918,12 +918,22 @@ def test_in_place_paths_give_the_same_values(seed, V, tau):
 @given(p=problems(), seed=seeds, steps=st.integers(1, 3))
 def test_guide_first_weight_is_the_callers_entropy_weight(p: Problem, seed: int, steps: int):
     """first_weight = entropy_weight(logits) handed in gives bitwise the same guided logits as guide computing it
-    (the hook's log computes it anyway), and a different first_weight changes them (it is used)."""
+    (the hook's log computes it anyway), and a given first_weight is the one the first step uses: with w = 1 the
+    first reward call reads APS's embeddings, with w = 0 the expectation's, bitwise. (Comparing the final logits
+    cannot show use: Adam's first step is lr * sign(gradient), which a different w often leaves unchanged.)"""
     reward = lambda e, t: (p.coef * e).sum((-2, -1))  # noqa: E731
     plain = run_guide(p, reward, "entrgi", steps, 0.5, seed)
     given_w = run_guide(p, reward, "entrgi", steps, 0.5, seed, first_weight=entropy_weight(p.logits))
     assert torch.equal(plain, given_w)
-    other = run_guide(p, lambda e, t: (p.coef * e**2).sum((-2, -1)), "entrgi", steps, 0.5, seed,
-                      first_weight=1 - entropy_weight(p.logits))
-    assume(p.masked.any())
-    assert not torch.equal(other, run_guide(p, lambda e, t: (p.coef * e**2).sum((-2, -1)), "entrgi", steps, 0.5, seed))
+
+    def first_embeds(method: str, **kw) -> torch.Tensor:  # the embeddings of the first reward call
+        seen = []
+        run_guide(p, lambda e, t: seen.append(e.detach().clone()) or (p.coef * e**2).sum((-2, -1)), method, steps,
+                  0.5, seed, **kw)
+        return seen[0]
+
+    aps, expectation = first_embeds("aps"), first_embeds("expectation")
+    assume(not torch.equal(aps, expectation))  # else (q one-hot where masked) no weight can make a difference
+    ones, zeros = torch.ones(p.masked.shape), torch.zeros(p.masked.shape)
+    assert torch.equal(first_embeds("entrgi", first_weight=ones), aps)
+    assert torch.equal(first_embeds("entrgi", first_weight=zeros), expectation)
