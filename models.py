@@ -46,6 +46,7 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -366,20 +367,44 @@ def reward_checkpoint(name: str) -> Checkpoint:
 
 
 def load_weights(checkpoint: Checkpoint, dtype: torch.dtype):
-    """The model of a checkpoint with its weights, frozen, in eval mode (tiny: seeded in-process)."""
+    """The model of a checkpoint with its weights, frozen, in eval mode (tiny: seeded in-process).
+
+    The dtype rule is transformers' own `from_pretrained(..., dtype=dtype)`, which is how the
+    authors load both models: the parameters in `dtype`, every buffer in the dtype and value
+    the model class gives it. For Qwen2 and Qwen3 that keeps RoPE's inverse frequencies
+    (`rotary_emb.inv_freq`, `original_inv_freq`) in float32; a `model.to(dtype)` would cast
+    them too, and RoPE angles (position x frequency) would then carry bfloat16's 3 digits:
+    the logits of a 1,700-token input moved by up to 2.5, reward scores by up to 0.08. A
+    checkpoint directory is read by `from_pretrained` itself; the tiny models are built in
+    float32 and only their parameters are cast (`cast_parameters`), which is what saving
+    them and loading them back with `from_pretrained(dtype=dtype)` gives (tests/test_dtype.py
+    compares both paths with the standard load, parameter by parameter and buffer by buffer).
+    A causal LM is handed a default generation config, so that Dream's `generation_config.json`
+    (its own sampler's keys, `temperature` 0.0) is not read: transformers would warn that
+    those flags "are not valid", about a config this project never uses.
+    """
     if checkpoint.directory is None:
         seed = 0 if checkpoint.model_class is Qwen2ForCausalLM else 1
-        model = seeded(seed, lambda: checkpoint.model_class(checkpoint.config))
+        model = cast_parameters(seeded(seed, lambda: checkpoint.model_class(checkpoint.config)), dtype)
     else:
         directory = fetch_weights(checkpoint.name, checkpoint.directory)
+        generation = {"generation_config": GenerationConfig()} if checkpoint.model_class is Qwen2ForCausalLM else {}
         try:
-            model = checkpoint.model_class.from_pretrained(directory, config=checkpoint.config, dtype=dtype)
+            model = checkpoint.model_class.from_pretrained(directory, config=checkpoint.config, dtype=dtype,
+                                                           **generation)
         except LOAD_ERRORS as error:
             raise UsageError(f"cannot load model {checkpoint.name!r}: {first_line(error)}") from None
     if checkpoint.model_class is not Qwen2ForCausalLM and not all(hasattr(model, p) for p in ("model", "score")):
         raise UsageError(f"reward model {checkpoint.name!r} ({type(model).__name__}) is not a decoder with a "
                          "`score` head")
-    return model.to(dtype=dtype).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Every parameter of `model` in `dtype`, its buffers left as they are (RoPE's float32 frequencies). In place."""
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(dtype)
+    return model
 
 
 def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]:

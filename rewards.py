@@ -18,7 +18,7 @@ one-hot embeddings equals the discrete score of the same tokens: R reads exactly
 [prefix | kept response tokens | suffix]. (A sequence classifier called with
 `inputs_embeds` cannot find padding from token ids and pools the last position; here the
 last position is always real.) What is kept mirrors what the reported reward shows R:
-the response is decoded up to its first end token with special tokens dropped, and R's
+the response is decoded up to its first end token as Dream decodes it (`decode_text`), and R's
 template strips the leading newlines of the assistant turn; tokens without a counterpart
 in R's vocabulary are left out too. What remains different between the token sequence
 and its decoded text -- a `</think>` inside the response (Qwen3's template moves the
@@ -110,6 +110,24 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, keep
 
 
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_text(tokenizer, ids: list[int]) -> str:
+    """The text of denoiser token ids, as Dream's own `DreamTokenizer.decode(ids, skip_special_tokens=True)`.
+
+    Dream's tokenizer (transformers 4.46's Python Qwen2 tokenizer) skips only the tokenizer's
+    named special tokens, `all_special_ids` (bos, eos, pad, unk, mask and the
+    `additional_special_tokens` of special_tokens_map.json: for Dream `<|beginoftext|>`,
+    `<|endoftext|>` and `<|mask|>`), and keeps every other added token as its text
+    (`<|im_start|>`, `<tool_call>`, ...). transformers 5's `skip_special_tokens=True` drops
+    every added token flagged special instead (16 for Dream), so those named ids are dropped
+    here and the rest decoded as they are.
+    """
+    dropped = set(tokenizer.all_special_ids)
+    return tokenizer.decode([i for i in ids if i not in dropped], skip_special_tokens=False)
+
+
 # --------------------------------------------------------------------------- discrete score
 
 
@@ -187,8 +205,8 @@ def response_reading(vocab_size: int, end_ids, pad_id: int | None = None, tokeni
                      bridge: VocabBridge | None = None) -> ResponseReading:
     """The tables of `ResponseReading` for a vocabulary of `vocab_size` rows.
 
-    With `tokenizer` (the denoiser's): its added tokens that `decode(skip_special_tokens=True)`
-    drops are hidden, and its tokens that decode to newlines only are `newline`. With
+    With `tokenizer` (the denoiser's): its added tokens that decoding drops (`decode_text`)
+    are hidden, and its tokens that decode to newlines only are `newline`. With
     `bridge`: tokens without a counterpart in R's vocabulary (and embedding rows beyond the
     tokenizer) are hidden.
     """
@@ -202,7 +220,7 @@ def response_reading(vocab_size: int, end_ids, pad_id: int | None = None, tokeni
         hidden |= bridge.index < 0
     if tokenizer is not None:
         dropped = [i for i in tokenizer.added_tokens_decoder
-                   if i < vocab_size and tokenizer.decode([i], skip_special_tokens=True) == ""]
+                   if i < vocab_size and decode_text(tokenizer, [i]) == ""]
         hidden[torch.tensor(dropped, dtype=torch.long)] = True
         # Byte-level BPE spells a newline byte "Ċ"; candidates are checked by decoding them.
         lines = [i for token, i in tokenizer.get_vocab().items()

@@ -184,12 +184,12 @@ def write_json_atomically(path: Path, payload: dict) -> None:
 
 
 def decode_responses(tokenizer, tokens: Tensor, end_ids) -> list[str]:
-    """Each row's text up to its first end token, special tokens dropped. (N, L) -> N strings."""
+    """Each row's text up to its first end token, decoded as Dream decodes (`rewards.decode_text`). (N, L) -> N strings."""
     ends = set(end_ids)
     texts = []
     for row in tokens.tolist():
         cut = next((i for i, t in enumerate(row) if t in ends), len(row))
-        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+        texts.append(rewards.decode_text(tokenizer, row[:cut]))
     return texts
 
 

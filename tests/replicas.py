@@ -8,14 +8,16 @@ a loader that fails on the real one.
 
 * `write_dream(directory)`: Dream-org/Dream-v0-Instruct-7B as shipped for transformers
   4.46: `config.json` (model_type "Dream", `auto_map` to its remote code, `mask_token_id`,
-  `rope_scaling: null`, `torch_dtype`, `transformers_version` 4.46.2),
-  `generation_config.json`, two safetensors shards with `model.safetensors.index.json`,
+  `rope_scaling: null`, `torch_dtype`, `transformers_version` 4.46.2; bos, eos and pad all
+  `<|endoftext|>`), `generation_config.json` (Dream's own sampler keys: `temperature` 0.0,
+  `alg`, `steps`, `eps`, ...), two safetensors shards with `model.safetensors.index.json`,
   the remote-code files (present, and raising if anything ever executes them), and the
-  tokenizer as `vocab.json` + `merges.txt` + `added_tokens.json` +
-  `special_tokens_map.json` + `tokenizer_config.json` (`tokenizer_class` "DreamTokenizer"
-  with an `auto_map`, `added_tokens_decoder` with Qwen2.5's 22 special tokens and then
-  `<|beginoftext|>` and `<|mask|>`, and Qwen2.5's chat template with its default system
-  turn) -- and **no `tokenizer.json`**.
+  tokenizer as a pretty-printed `vocab.json` + `merges.txt` + `added_tokens.json` +
+  `special_tokens_map.json` (additional specials `<|beginoftext|>` and `<|mask|>` only) +
+  `tokenizer_config.json` (`tokenizer_class` "DreamTokenizer" with an `auto_map`,
+  `added_tokens_decoder` with Qwen2.5's 22 special tokens and then `<|beginoftext|>` and
+  `<|mask|>`, and Qwen2.5's chat template, tools branch included, with Dream's default
+  system turn) -- and **no `tokenizer.json`**.
 * `write_skywork(directory)`: Skywork/Skywork-Reward-V2-Qwen3-*: a native
   `Qwen3ForSequenceClassification` config with one label (`id2label`), `pad_token_id`,
   tied embeddings and more embedding rows than tokens, one safetensors file, and
@@ -52,17 +54,44 @@ DREAM_ADDED = QWEN25_ADDED + [("<|beginoftext|>", True), ("<|mask|>", True)]
 QWEN3_ADDED = QWEN25_ADDED + [("<tool_response>", False), ("</tool_response>", False),
                               ("<think>", False), ("</think>", False)]
 
-# Dream's chat template: Qwen2.5's (tool calls left out), whose default system turn Dream
-# shortened to "You are a helpful assistant.".
+# Dream's chat template: Qwen2.5's, tools branch included, whose default system turn Dream shortened
+# to "You are a helpful assistant." (with tools, the system turn lists them; assistant tool calls and
+# tool results have turns of their own).
 DREAM_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}"
+    "{{- '\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
+    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    "{%- else %}"
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
     "{%- endif %}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) or message.role == 'assistant' %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) "
+    "or (message.role == 'assistant' and not message.tool_calls) %}"
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '\\n<tool_call>\\n{\\\"name\\\": \\\"' }}{{- tool_call.name }}"
+    "{{- '\\\", \\\"arguments\\\": ' }}{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -135,7 +164,7 @@ def train_bpe(vocab_size: int = 500) -> tuple[dict[str, int], list[str]]:
 
 
 def _write_bpe_files(directory: Path, vocab: dict[str, int], merges: list[str]) -> None:
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=2))  # pretty-printed, as Dream's
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
@@ -163,7 +192,7 @@ def _save_sharded(model: torch.nn.Module, directory: Path, shards: int) -> dict[
 REMOTE_CODE = "raise RuntimeError('remote code was executed: {name}')\n"
 
 
-def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.Tensor]]:
+def write_dream(directory: Path, seed: int = 7, max_positions: int = 512) -> tuple[dict, dict[str, torch.Tensor]]:
     """Write a tiny Dream-v0-Instruct in Dream's hub layout; returns (config.json as a dict, saved state dict)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -173,12 +202,7 @@ def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.T
     ids = {token: first + i for i, (token, _) in enumerate(DREAM_ADDED)}
     (directory / "added_tokens.json").write_text(json.dumps(ids, indent=2, ensure_ascii=False))
     specials = {"bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                "mask_token": "<|mask|>",
-                "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
-                                              "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-                                              "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                                              "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
-                                              "<|video_pad|>"]}
+                "mask_token": "<|mask|>", "additional_special_tokens": ["<|beginoftext|>", "<|mask|>"]}
     (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     tokenizer_config = {
         "add_bos_token": False, "add_prefix_space": False,
@@ -195,11 +219,16 @@ def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.T
         (directory / name).write_text(REMOTE_CODE.format(name=name))
 
     n_tokens = first + len(DREAM_ADDED)
-    raw = dream_config_json(n_tokens, mask=ids["<|mask|>"], pad=ids["<|endoftext|>"], bos=ids["<|beginoftext|>"],
-                            eos=ids["<|endoftext|>"])
+    raw = dream_config_json(n_tokens, mask=ids["<|mask|>"], pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"],
+                            eos=ids["<|endoftext|>"], max_positions=max_positions)
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
+    # Dream's own sampler reads its keys from here (temperature 0.0 among them): transformers' generic
+    # validation of a causal LM's generation config calls them "not valid" if it is ever read.
     generation = {"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"],
-                  "pad_token_id": raw["pad_token_id"], "transformers_version": "4.46.2"}
+                  "pad_token_id": raw["pad_token_id"], "mask_token_id": raw["mask_token_id"],
+                  "temperature": 0.0, "top_p": None, "top_k": None, "alg": "origin", "alg_temp": None,
+                  "steps": 512, "eps": 0.001, "max_length": 20, "output_history": False,
+                  "return_dict_in_generate": False, "transformers_version": "4.46.2"}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
     config = qwen2_config(raw)
@@ -212,7 +241,7 @@ def write_dream(directory: Path, seed: int = 7) -> tuple[dict, dict[str, torch.T
     return raw, state
 
 
-def dream_config_json(n_tokens: int, *, mask: int, pad: int, bos: int, eos: int) -> dict:
+def dream_config_json(n_tokens: int, *, mask: int, pad: int, bos: int, eos: int, max_positions: int = 512) -> dict:
     """Dream-v0-Instruct's config.json fields (transformers 4.46, remote-code auto_map) at tiny sizes;
     like Dream's, the embedding has more rows than the tokenizer has tokens (a multiple of 64)."""
     return {
@@ -221,7 +250,7 @@ def dream_config_json(n_tokens: int, *, mask: int, pad: int, bos: int, eos: int)
         "model_type": "Dream",
         "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02,
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": (n_tokens + 63) // 64 * 64, "max_position_embeddings": 512,
+        "num_key_value_heads": 2, "vocab_size": (n_tokens + 63) // 64 * 64, "max_position_embeddings": max_positions,
         "max_window_layers": 2, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0, "rope_scaling": None,
         "sliding_window": 512, "use_sliding_window": False, "tie_word_embeddings": False, "use_cache": False,
         "mask_token_id": mask, "pad_token_id": pad, "bos_token_id": bos, "eos_token_id": eos,

@@ -157,6 +157,17 @@ def test_dream_replica_is_laid_out_as_shipped(dream):
                                                       key=lambda kv: int(kv[0]))]
     assert added[0] == "<|endoftext|>" and added[-2:] == ["<|beginoftext|>", "<|mask|>"] and len(added) == 24
     assert (raw["model_type"], raw["rope_scaling"], raw["transformers_version"]) == ("Dream", None, "4.46.2")
+    # The details of the real files: bos is <|endoftext|> in config.json, the special-tokens map names only
+    # <|beginoftext|> and <|mask|> as additional specials, vocab.json is pretty-printed, the chat template
+    # has a tools branch, and generation_config.json carries Dream's own sampler keys (temperature 0.0).
+    endoftext = tokenizer_config["added_tokens_decoder"]
+    assert endoftext[str(raw["bos_token_id"])]["content"] == "<|endoftext|>" == endoftext[str(raw["eos_token_id"])]["content"]
+    specials = json.loads((directory / "special_tokens_map.json").read_text())
+    assert specials["additional_special_tokens"] == ["<|beginoftext|>", "<|mask|>"]
+    assert (directory / "vocab.json").read_text().startswith("{\n  ")
+    assert "{%- if tools %}" in tokenizer_config["chat_template"]
+    generation = json.loads((directory / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.0 and {"alg", "steps", "eps"} <= set(generation)
     with pytest.raises(ValueError, match="custom code"):  # what the old loader met first
         transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
 
@@ -179,6 +190,41 @@ def test_dream_tokenizer_loads_without_remote_code(dream):
     assert models.prompt_text(tokenizer, "hi") == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
         "<|im_start|>assistant\n")
+
+
+def test_dream_decodes_as_its_own_tokenizer(dream):
+    """Dream's DreamTokenizer.decode(skip_special_tokens=True) drops only <|beginoftext|>, <|endoftext|> and <|mask|>
+    (its special-tokens map) and keeps <|im_start|>, <|im_end|> and the other added tokens as text; transformers 5's
+    skip_special_tokens=True would drop all 16 flagged special."""
+    tokenizer = models.denoiser_checkpoint(str(dream[0])).tokenizer
+    pieces = ["<|im_start|>", "<|beginoftext|>", "<|endoftext|>", "<|mask|>", "<|im_end|>", "<|box_start|>", "<tool_call>"]
+    ids = tokenizer.convert_tokens_to_ids(pieces)
+    body = tokenizer("The sea", add_special_tokens=False)["input_ids"]
+    assert rewards.decode_text(tokenizer, body + ids + body) == (
+        "The sea<|im_start|><|im_end|><|box_start|><tool_call>The sea")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<tool_call>"  # transformers 5's own rule differs
+    # run.py's responses follow the same rule, up to the first end token
+    tokens = torch.tensor([body + ids[:2] + body + ids[4:]])
+    assert run.decode_responses(tokenizer, tokens, [ids[4]]) == ["The sea<|im_start|>The sea"]
+
+
+def test_loading_dream_prints_no_generation_config_warning(dream, capfd, caplog):
+    """Dream's generation_config.json (temperature 0.0 and its sampler's keys) is never read: transformers' warning
+    that its flags "are not valid and may be ignored" does not reach the user."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    checkpoint = models.denoiser_checkpoint(str(dream[0]))
+    transformers_logging.warning_once.cache_clear()  # a warning shown earlier in this process would be cached away
+    with caplog.at_level(logging.INFO):
+        models.load_weights(checkpoint, torch.float32)
+    out, err = capfd.readouterr()
+    shown = out + err + caplog.text
+    assert "generation flags" not in shown and "temperature" not in shown
+    # the fixture carries the trigger: transformers' own validation refuses the file's flags
+    with pytest.raises(ValueError, match="temperature"):
+        transformers.GenerationConfig.from_pretrained(dream[0]).validate(strict=True)
 
 
 @pytest.mark.parametrize("text", STRINGS, ids=range(len(STRINGS)))
@@ -345,18 +391,20 @@ def test_token_score_equals_text_score_with_what_decoding_and_the_template_drop(
         body,
         encode("\n\n") + body,  # leading newlines: Qwen3's template strips them
         encode("\n") + [token("<|im_start|>")] + encode("\n") + body,  # specials between leading newlines
-        body[:3] + [token("<|box_start|>")] + body[3:],  # a special token that decoding drops
+        body[:3] + [token("<|box_start|>")] + body[3:],  # a special token Dream's decoding keeps: R reads it
         body[:2] + [token("<|beginoftext|>")] + body[2:],  # an unmapped (and dropped) token
         encode("The reward model reads the whole answer.\n\nmore") + [token("<|im_end|>")] + encode("after it"),
     ]
     token_scores, text_scores = _both_scores(pair, rows)
     torch.testing.assert_close(token_scores, text_scores, rtol=1e-5, atol=1e-5)
-    # Without the exclusions (only the end cut-off and pads), the same rows read differently.
+    assert "<|box_start|>" in run.decode_responses(tokenizer, torch.tensor([rows[3]]), pair[3].ends)[0]
+    # Without the exclusions (only the end cut-off and pads), the rows with something to leave out read differently.
     _, _, _, ids, reading, _ = pair
     bare = rewards.ResponseReading(end=reading.end, hidden=torch.zeros_like(reading.hidden),
                                    newline=torch.zeros_like(reading.newline))
-    bare_scores, _ = _both_scores(pair, rows[1:5], bare)
-    assert ((bare_scores - text_scores[1:5]).abs() > 1e-3).all()
+    excluding = [rows[1], rows[2], rows[4]]
+    bare_scores, _ = _both_scores(pair, excluding, bare)
+    assert ((bare_scores - text_scores[[1, 2, 4]]).abs() > 1e-3).all()
 
 
 def test_think_close_inside_the_response_is_read_differently(pair):

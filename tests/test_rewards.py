@@ -472,7 +472,7 @@ def test_response_reading_tables_from_the_tokenizer():
     m = tiny()
     reading = rewards.response_reading(m.V, [m.eos], m.pad, m.dt, m.bridge)
     assert reading.end.nonzero().flatten().tolist() == [m.eos]
-    dropped = {i for i in m.dt.added_tokens_decoder if m.dt.decode([i], skip_special_tokens=True) == ""}
+    dropped = {i for i in m.dt.added_tokens_decoder if rewards.decode_text(m.dt, [i]) == ""}
     expected_hidden = dropped | {m.pad} | {i for i in range(m.V) if m.bridge.index[i] < 0}
     assert set(reading.hidden.nonzero().flatten().tolist()) == expected_hidden
     assert {m.dt.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|mask|>")} <= expected_hidden
