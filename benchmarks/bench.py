@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         return throughput(args, device)
     dllm, tokenizer, reward, reward_tokenizer, mask_id, dtype = build(args.shape, device)
     for model in (dllm, reward):
-        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        models.cast_parameters(model, dtype).to(device).eval().requires_grad_(False)  # buffers (RoPE) stay float32
 
     placed = VOCAB_PLACED if args.shape == "vocab" else 0  # response tokens already placed
     config = SamplingConfig(K=4, max_new_tokens=128 - placed, M=3, T=1, top_p=args.top_p)  # T = 1: one step, all masks
@@ -381,7 +381,7 @@ def throughput(args, device: torch.device) -> dict:
 
     dllm, tokenizer, reward, reward_tokenizer, mask_id, dtype = build(args.shape, device)
     for model in (dllm, reward):
-        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        models.cast_parameters(model, dtype).to(device).eval().requires_grad_(False)  # buffers (RoPE) stay float32
     L = 32 if args.shape == "tiny" else 128
     config = SamplingConfig(K=4, max_new_tokens=L, M=3, T=8, top_p=args.top_p)
     bridge = rewards.vocab_bridge(tokenizer, reward_tokenizer, dllm.config.vocab_size)
