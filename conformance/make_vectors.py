@@ -165,6 +165,7 @@ def step_cases():
     logits[2, 0, eos] = 9.0
     guided = logits + _normal(rng, logits.shape, 0.5)
     guided[0, 1:4] = guided[0, 1]  # ties survive guidance
+    guided[..., mask_id] = -np.inf  # as guide leaves it: zero gradient at -inf, so Adam never moves it
     common = {"logits": logits, "tau": 0.7, "top_p": 0.95, "top_k": None, "eos_last": True, "eos_ids": [eos],
               "mask_id": mask_id, "T": 2, "eps": 1e-3}
     cases = []
