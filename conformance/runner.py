@@ -97,12 +97,14 @@ def mismatch(got, expected: np.ndarray, tolerance) -> str | None:
         bad = ~same
     else:
         finite = np.isfinite(expected)
-        close = np.abs(got.astype(np.float64) - expected) <= tolerance["atol"] + tolerance["rtol"] * np.abs(
-            expected.astype(np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: decided by `same` above
+            close = np.abs(got.astype(np.float64) - expected) <= tolerance["atol"] + tolerance["rtol"] * np.abs(
+                expected.astype(np.float64))
         bad = ~(same | (finite & close))
     if not bad.any():
         return None
-    worst = np.abs(got.astype(np.float64) - expected)[bad].max()
+    with np.errstate(invalid="ignore"):
+        worst = np.abs(got.astype(np.float64) - expected)[bad].max()
     return f"{int(bad.sum())} of {bad.size} entries outside {tolerance} (largest |difference| {worst:.3g})"
 
 

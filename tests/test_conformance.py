@@ -17,6 +17,7 @@ thread pool costs more than the arithmetic (10 s against 2 s).
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -110,7 +111,7 @@ BROKEN = {
     "draw_boundary_inclusive": ("draw", lambda probs, u: np.minimum(
         (np.cumsum(probs.astype(np.float64), -1).astype(np.float32) < (u * probs.sum(-1))[..., None]).sum(-1),
         probs.shape[-1] - 1), ["draw"]),
-    "entropy_weight_of_scaled_logits": ("entropy_weight", lambda phi: numpy_port.entropy_weight(phi * np.float32(2)),
+    "entropy_weight_in_bits": ("entropy_weight", lambda phi: numpy_port.entropy_weight(phi) * np.float32(math.log(2)),
                                 ["entropy_weight", "relax", "guide"]),
     "argmax_highest_id": ("argmax_lowest", lambda x: x.shape[-1] - 1 - np.argmax(np.flip(x, -1), -1), ["step"]),
 }
