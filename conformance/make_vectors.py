@@ -64,7 +64,7 @@ def relax_cases():
             logits = _normal(rng, (2, 3, 6), 2.0)
             logits[1, 2, 0] = -np.inf  # a filtered-out token: probability 0, no gradient
             inputs = {"logits": logits, "E": _normal(rng, (6, 4)), "hard": rng.integers(0, 6, (2, 3)),
-                      "method": method, "tau": tau, "c": _normal(rng, (2, 3, 4))}
+                      "method": method, "tau": tau, "a": _normal(rng, (2, 3, 4))}
             cases.append(_case(f"{method}_tau{tau}", "relax", inputs, tol))
     return cases
 
@@ -146,7 +146,7 @@ def guide_cases():
             for top_k, tau in ((None, 0.7), (3, 1.0)):
                 inputs = {"logits": _normal(rng, (2, 3, 6), 1.5), "masked": np.array([[1, 1, 0], [1, 1, 1]], bool),
                           "tokens": rng.integers(0, 6, (2, 3)), "E": _normal(rng, (6, 4)),
-                          "reward": {"kind": reward, "c": _normal(rng, (3, 4))}, "method": method, "M": 3,
+                          "reward": {"kind": reward, "a": _normal(rng, (3, 4))}, "method": method, "M": 3,
                           "eta": 0.5, "tau": tau, "top_p": 0.95, "top_k": top_k}
                 cases.append(_case(f"{method}_{reward}_topk{top_k}_tau{tau}", "guide", inputs, tol,
                                    seed=len(cases)))
@@ -188,7 +188,7 @@ def generate_cases():
     rng = np.random.default_rng(7)
     V, L, mask_id, eos = 8, 6, 7, 6
     toy = {"prompt": np.array([[1, 2], [3, 0]]), "mask_id": mask_id, "eos_ids": [eos], "L": L, "K": 2,
-           "table": _normal(rng, (L, V, V), 2.0), "E": _normal(rng, (V, 4)), "c": _normal(rng, (L, 4)),
+           "table": _normal(rng, (L, V, V), 2.0), "E": _normal(rng, (V, 4)), "a": _normal(rng, (L, 4)),
            "T": 3, "M": 2, "eta": 0.5, "tau": 0.7, "top_p": 0.95, "top_k": None, "eps": 1e-3, "eos_last": True,
            "alg": "entropy", "confidence": "authors", "method": "entrgi"}
     tol = {"response": EXACT}
@@ -200,7 +200,7 @@ def generate_cases():
     for i, change in enumerate(variants):
         name = "_".join(f"{k}{v}" for k, v in change.items())
         inputs = {**toy, **change}
-        inputs["table"], inputs["c"] = toy["table"][:inputs["L"]], toy["c"][:inputs["L"]]
+        inputs["table"], inputs["a"] = toy["table"][:inputs["L"]], toy["a"][:inputs["L"]]
         cases.append(_case(name, "generate", inputs, tol, seed=90 + i))
     return cases
 

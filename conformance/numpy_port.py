@@ -116,8 +116,8 @@ def grad_phi(q_tau, E, grad_soft, tau):  # dR/dphi from dR/dsoft (..., d), throu
     return (q_tau * (g - (q_tau * g).sum(-1, keepdims=True)) / F32(tau)).astype(F32)
 
 
-def guide(phi, masked, tokens, E, reward_kind, c, method, M, eta, tau, top_p, top_k, draws):
-    """M Adam steps of ascent on sum_b R_b. phi (B, n, V), masked/tokens (B, n), c (B, n, d) per position."""
+def guide(phi, masked, tokens, E, reward_kind, a, method, M, eta, tau, top_p, top_k, draws):
+    """M Adam steps of ascent on sum_b R_b. phi (B, n, V), masked/tokens (B, n), a (B, n, d) per position."""
     phi = np.array(phi, F32)
     m, v = np.zeros_like(phi), np.zeros_like(phi)
     fixed = E[tokens]  # (B, n, d)
@@ -127,7 +127,7 @@ def guide(phi, masked, tokens, E, reward_kind, c, method, M, eta, tau, top_p, to
             hard = sample(filter_probs(tempered(phi, tau), top_p, top_k), tau, draws)
         e_hat, q_tau = relaxation(phi, E, hard, method, tau)
         embeds = np.where(masked[..., None], e_hat, fixed)
-        dR = c if reward_kind == "linear" else (1 - np.tanh((embeds * c).sum(-1, keepdims=True)) ** 2) * c
+        dR = a if reward_kind == "linear" else (1 - np.tanh((embeds * a).sum(-1, keepdims=True)) ** 2) * a
         g = -grad_phi(q_tau, E, np.where(masked[..., None], dR, 0).astype(F32), tau)  # loss = -R
         m = (F32(BETA1) * m + F32(1 - BETA1) * g).astype(F32)
         v = (F32(BETA2) * v + F32(1 - BETA2) * g * g).astype(F32)
@@ -222,9 +222,9 @@ class NumpyPort:
     def entropy_weight(self, logits):
         return {"w": entropy_weight(logits)}
 
-    def relax(self, logits, E, hard, method, tau, c):
+    def relax(self, logits, E, hard, method, tau, a):
         e_hat, q_tau = relaxation(logits, E, hard, method, tau)
-        return {"e_hat": e_hat, "grad": grad_phi(q_tau, E, c, tau)}
+        return {"e_hat": e_hat, "grad": grad_phi(q_tau, E, a, tau)}
 
     def filter(self, probs, top_p, top_k):
         return {"filtered": filter_probs(probs, top_p, top_k)}
@@ -241,8 +241,8 @@ class NumpyPort:
 
     def guide(self, logits, masked, tokens, E, reward, method, M, eta, tau, top_p, top_k, uniforms):
         draws = Draws(uniforms)
-        c = np.broadcast_to(reward["c"], logits.shape[:-1] + (E.shape[1],))
-        phi = guide(logits, masked, tokens, E, reward["kind"], c, method, M, eta, tau, top_p, top_k, draws)
+        a = np.broadcast_to(reward["a"], logits.shape[:-1] + (E.shape[1],))
+        phi = guide(logits, masked, tokens, E, reward["kind"], a, method, M, eta, tau, top_p, top_k, draws)
         draws.done()
         return {"phi": phi}
 
@@ -260,7 +260,7 @@ class NumpyPort:
         return {"response": np.where(fill, x, mask_id)}
 
     def generate(self, prompt, K, L, T, M, eta, tau, top_p, top_k, alg, confidence, eos_last, eps, method, mask_id,
-                 eos_ids, table, E, c, uniforms):
+                 eos_ids, table, E, a, uniforms):
         draws = Draws(uniforms)
         B, P = prompt.shape
         N = B * K
@@ -281,7 +281,7 @@ class NumpyPort:
             def guide_fn(phi, probs, positions=positions, block_masked=block_masked, current=current):
                 if M == 0:
                     return None
-                return guide(phi, block_masked, current, E, "tanh", c[positions], method, M, eta, tau, top_p,
+                return guide(phi, block_masked, current, E, "tanh", a[positions], method, M, eta, tau, top_p,
                              top_k, draws)
 
             fill_prob = F32(1) if i == T - 1 else ratios[i]

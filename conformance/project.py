@@ -61,11 +61,11 @@ def _n(x: torch.Tensor) -> np.ndarray:
 
 
 def linear_or_tanh(reward: dict):
-    """The toy reward of a case: R_b = sum_l (e_bl . c_l) ("linear") or sum_l tanh(e_bl . c_l) ("tanh"). c (L, d)."""
-    c = _t(reward["c"])  # (L, d)
+    """The toy reward of a case: R_b = sum_l (e_bl . a_l) ("linear") or sum_l tanh(e_bl . a_l) ("tanh"). a (L, d)."""
+    a = _t(reward["a"])  # (L, d)
 
     def score(embeds, tokens):  # (B, L, d), (B, L) -> (B,)
-        dots = (embeds * c).sum(-1)  # (B, L)
+        dots = (embeds * a).sum(-1)  # (B, L)
         return (dots if reward["kind"] == "linear" else torch.tanh(dots)).sum(-1)
 
     return score
@@ -83,10 +83,10 @@ class Project:
     def entropy_weight(self, logits):
         return {"w": _n(entrgi.entropy_weight(_t(logits)))}
 
-    def relax(self, logits, E, hard, method, tau, c):
+    def relax(self, logits, E, hard, method, tau, a):
         phi = _t(logits).requires_grad_(True)  # (..., V)
         e_hat = entrgi.reward_inputs(phi, _t(E), _t(hard), method, tau)  # (..., d)
-        (grad,) = torch.autograd.grad((e_hat * _t(c)).sum(), [phi])  # linear reward R = sum e_hat . c
+        (grad,) = torch.autograd.grad((e_hat * _t(a)).sum(), [phi])  # linear reward R = sum e_hat . a
         return {"e_hat": _n(e_hat), "grad": _n(grad)}
 
     def filter(self, probs, top_p, top_k):
@@ -145,8 +145,8 @@ class Project:
         return {"response": _n(seen[0]), "uniforms": source.given}
 
     def generate(self, prompt, K, L, T, M, eta, tau, top_p, top_k, alg, confidence, eos_last, eps, method,
-                 mask_id, eos_ids, table, E, c, uniforms=None):
-        """A whole generation with the toy denoiser table[j, id before j] and reward sum_l tanh(e_l . c_l)."""
+                 mask_id, eos_ids, table, E, a, uniforms=None):
+        """A whole generation with the toy denoiser table[j, id before j] and reward sum_l tanh(e_l . a_l)."""
         config = sampler.SamplingConfig(method=method, K=K, T=T, M=M, eta=eta, max_new_tokens=L, temperature=tau,
                                         top_p=top_p, top_k=top_k, alg=alg, confidence=confidence,
                                         eos_last=eos_last, eps=eps).validate()
@@ -160,7 +160,7 @@ class Project:
         source = self._source(uniforms)
         guidance = None
         if config.guided:
-            guidance = sampler.reward_guidance(linear_or_tanh({"kind": "tanh", "c": c}), _t(E), config, source)
+            guidance = sampler.reward_guidance(linear_or_tanh({"kind": "tanh", "a": a}), _t(E), config, source)
         response = sampler.generate(denoise, prompt, torch.ones_like(prompt, dtype=torch.bool), config,
                                     mask_id=mask_id, eos_id=list(eos_ids), guidance=guidance, generator=source)
         source.done()
