@@ -163,3 +163,11 @@ def test_a_port_that_consumes_the_draws_in_another_order_fails(monkeypatch):
 
     monkeypatch.setattr(numpy_port, "Draws", Swapped)
     assert runner.check(numpy_port.PORT, ["guide"]) and runner.check(numpy_port.PORT, ["generate"])
+
+
+def test_the_porting_guide_example_runs():
+    """docs/porting.md's standalone runner (written for JAX) passes the vectors with NumPy standing in for jax.numpy."""
+    text = (runner.VECTORS.parent.parent / "docs" / "porting.md").read_text()
+    code = text.split("```python\n")[1].split("```")[0]
+    assert "import jax.numpy as jnp" in code and len(code.splitlines()) <= 35
+    exec(code.replace("import jax.numpy as jnp", "jnp = np"), {"__name__": "porting_example"})
