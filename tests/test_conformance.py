@@ -165,8 +165,9 @@ def test_a_port_that_consumes_the_draws_in_another_order_fails(monkeypatch):
     assert runner.check(numpy_port.PORT, ["guide"]) and runner.check(numpy_port.PORT, ["generate"])
 
 
-def test_the_porting_guide_example_runs():
+def test_the_porting_guide_example_runs(monkeypatch):
     """docs/porting.md's standalone runner (written for JAX) passes the vectors with NumPy standing in for jax.numpy."""
+    monkeypatch.chdir(runner.VECTORS.parent.parent)  # the example reads conformance/vectors/ from the repository root
     text = (runner.VECTORS.parent.parent / "docs" / "porting.md").read_text()
     code = text.split("```python\n")[1].split("```")[0]
     assert "import jax.numpy as jnp" in code and len(code.splitlines()) <= 35
