@@ -35,6 +35,7 @@ from torch import Tensor
 
 import experiment
 import models
+import prompt_sets
 import rewards
 import sampler
 from models import UsageError, first_line
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="the user prompt: one run (this or --prompts is required)")
     source.add_argument("--prompts", metavar="FILE",
                         help="the experiment: every prompt of FILE (.jsonl with a \"prompt\" field, or .txt, one a line)")
+    source.add_argument("--dataset", metavar="NAME|PATH",
+                        help=f"the experiment on a benchmark's rows, chosen per seed as the paper does: "
+                             f"{', '.join(prompt_sets.PRESETS)}, a hub id, a save_to_disk directory, or "
+                             f"parquet/jsonl files (docs/experiment.md)")
+    source.add_argument("--report", nargs="+", metavar="DIR",
+                        help="merge the summaries of finished run directories into one report in --output-dir "
+                             "(summary.json, summary.md, summary.png); no model is loaded")
     parser.add_argument("--dllm", default=models.DEFAULT_DLLM, help="denoiser: hub id, local directory, or tiny")
     parser.add_argument("--reward-model", default=models.DEFAULT_REWARD,
                         help="reward model: hub id (Skywork-Reward-V2-Qwen3-0.6B/-1.7B/-4B), local directory, or tiny")
@@ -87,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="read the configs and tokenizers only (never the weights), print the plan, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    experiment_options(parser.add_argument_group("the experiment (--prompts)"))
+    experiment_options(parser.add_argument_group("the experiment (--prompts, --dataset)"))
+    dataset_options(parser.add_argument_group("the prompts of --dataset"))
     hints = typing.get_type_hints(SamplingConfig)
     for f in dataclasses.fields(SamplingConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -110,6 +119,22 @@ def experiment_options(group) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run in DIR: skip its complete records")
     group.add_argument("--eval-reward-model", metavar="ID",
                        help="also score every final response with this reward model (it does not guide)")
+
+
+def dataset_options(group) -> None:
+    """The options of `--dataset` (None by default, so that other runs can refuse them; prompt_sets has the rule)."""
+    group.add_argument("--split", help="the split to read (default: the benchmark's, else train)")
+    group.add_argument("--prompt-field", metavar="FIELD", help="the field holding the prompt (default: the "
+                       "benchmark's, else prompt)")
+    group.add_argument("--subset-size", type=int, metavar="N", help="per seed, the first N rows of "
+                       f"shuffle(seed) (default: {prompt_sets.DEFAULT_SUBSET_SIZE}, the authors')")
+    group.add_argument("--subset-field", metavar="FIELD", help="then keep the rows whose FIELD equals --subset-name")
+    group.add_argument("--subset-name", metavar="NAME", help="the value --subset-field must have")
+    group.add_argument("--subset-seed", type=int, metavar="S", help="draw one selection with shuffle(S) and run "
+                       "every seed on it (the paired design; default: each seed draws its own, as the authors do)")
+
+
+DATASET_FLAGS = ("split", "prompt_field", "subset_size", "subset_field", "subset_name", "subset_seed")
 
 
 def config_from_args(args) -> SamplingConfig:
@@ -387,6 +412,7 @@ def run(args) -> dict:
              if getattr(args, flag) not in (None, False)]
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} is for --prompts runs")
+    refuse_dataset_options(args, "--prompt")
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     check_seed(args.seed)
@@ -454,6 +480,57 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss (this process so far)"
 
 
+def refuse_dataset_options(args, what: str) -> None:
+    given = [flag for flag in DATASET_FLAGS if getattr(args, flag) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset runs, not {what}")
+
+
+def prompt_selection(args, seeds: list[int]) -> tuple[prompt_sets.Source | None, dict[int, list]]:
+    """(the dataset's Source or None, {seed: its prompts}): a prompts file gives every seed all its prompts."""
+    if args.dataset is None:
+        refuse_dataset_options(args, "--prompts")
+        prompts = experiment.read_prompts(args.prompts)
+        return None, {seed: prompts for seed in seeds}
+    source = prompt_sets.resolve(args.dataset, args.split, args.prompt_field, args.subset_size, args.subset_field,
+                                 args.subset_name, args.subset_seed)
+    if source.subset_seed is not None:
+        check_seed(source.subset_seed, "--subset-seed")
+    return source, prompt_sets.selections(source, seeds)
+
+
+def distinct_prompts(selection: dict[int, list]) -> list:
+    seen: dict[str, object] = {}
+    for prompts in selection.values():
+        for prompt in prompts:
+            seen.setdefault(prompt.key, prompt)
+    return list(seen.values())
+
+
+def describe_selection(plan: Plan, source, selection: dict[int, list], prompts: list) -> list[str]:
+    """--dry-run's account of the selection: count per seed, and the longest prompt against both contexts."""
+    L = plan.config.max_new_tokens
+    lines = []
+    if source is not None:
+        rule = f"the first {source.subset_size} rows of shuffle(seed)"
+        if source.subset_field is not None:
+            rule += f", then {source.subset_field} == {source.subset_name!r}"
+        if source.subset_seed is not None:
+            rule += f"; every seed runs the selection of seed {source.subset_seed} (paired)"
+        lines.append(f"dataset       {source.name} ({source.path}, split {source.split}, field {source.prompt_field}): "
+                     f"{rule}")
+    counts = ", ".join(f"{seed}: {len(chosen)}" for seed, chosen in selection.items())
+    lines.append(f"selection     prompts per seed {counts} ({len(prompts)} distinct)")
+    d = max(range(len(prompts)), key=lambda i: len(plan.prompt_ids[i]))
+    r = max(range(len(prompts)), key=lambda i: sum(map(len, plan.reward_pieces[i])))
+    prefix, suffix = plan.reward_pieces[r]
+    lines.append(f"longest       denoiser: {prompts[d].where}, {len(plan.prompt_ids[d])} + {L} new = "
+                 f"{len(plan.prompt_ids[d]) + L} of {plan.dllm.config.max_position_embeddings} tokens; reward model: "
+                 f"{prompts[r].where}, {len(prefix)} + {L} + {len(suffix)} = {len(prefix) + L + len(suffix)} of "
+                 f"{plan.reward.config.max_position_embeddings}")
+    return lines
+
+
 def run_experiment(args) -> int:
     """Every (prompt, method, seed) of `--prompts` into `--output-dir`; exit status as `main`'s."""
     ddp = experiment.Distributed.from_env()
@@ -474,7 +551,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     if args.output is not None:
         raise UsageError("--output is for --prompt runs (--prompts writes to --output-dir)")
     if args.output_dir is None and not args.dry_run:
-        raise UsageError("--prompts needs --output-dir")
+        raise UsageError(f"{'--prompts' if args.dataset is None else '--dataset'} needs --output-dir")
     base = config_from_args(args)
     methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
     configs = {}
@@ -497,7 +574,8 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         device = torch.device("cuda", ddp.local_rank)  # one device per rank
         torch.cuda.set_device(device)
     dtype = resolve_dtype(args.dtype, device)
-    prompts = experiment.read_prompts(args.prompts)
+    source, selection = prompt_selection(args, seeds)
+    prompts = distinct_prompts(selection)  # every seed's prompts, each once, in order of first selection
     texts, labels = [p.text for p in prompts], [p.where for p in prompts]
     plan = make_plan(args.dllm, args.reward_model, texts, base, labels)
     if len({tuple(suffix) for _, suffix in plan.reward_pieces}) != 1:
@@ -514,14 +592,19 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     if args.dry_run:  # the plan for one batch of B prompts, and nothing written
         if ddp.rank == 0:
             resident = () if eval_checkpoint is None else (eval_checkpoint,)
-            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)), resident=resident)))
+            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)), resident=resident)
+                            + describe_selection(plan, source, selection, prompts)))
         return 0
 
     # 2. The output directory (rank 0 checks it and tells every rank what is already done).
     settings = experiment_settings(args, base, device, dtype)
     fingerprint = experiment.fingerprint(settings)
     store = experiment.Store(directory, ddp.rank, ddp.world)
-    order = [(p.key, m, s) for p in prompts for m in methods for s in seeds]
+    chosen = {s: {p.key for p in selection[s]} for s in seeds}
+    order = [(p.key, m, s) for p in prompts for m in methods for s in seeds if p.key in chosen[s]]
+    position = {p.key: i for i, p in enumerate(prompts)}
+    benchmark = source.name if source is not None else Path(args.prompts).stem
+    extra = (lambda p: {"dataset": source.name, "index": p.id}) if source is not None else (lambda p: {})
 
     def prepare() -> list[tuple]:
         done = store.prepare(fingerprint, args.resume)
@@ -531,6 +614,8 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
                 raise UsageError(f"--resume: {prompt.where}: id {prompt.id!r} was run with another prompt or fields")
         write_json_atomically(directory / experiment.CONFIG, {
             "fingerprint": fingerprint, "settings": settings, "prompts": args.prompts, "n_prompts": len(prompts),
+            "benchmark": benchmark, "dataset": source.describe() if source is not None else None,
+            "selection": {str(s): [p.id for p in selection[s]] for s in seeds},
             "methods": methods, "seeds": seeds, "batch_size": batch_size, "processes": ddp.world,
             "versions": versions()})
         return [key for key in order if key in done]
@@ -542,7 +627,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     eval_reward = None
     if eval_checkpoint is not None:
         eval_reward = (models.load_weights(eval_checkpoint, dtype).to(device), eval_checkpoint.tokenizer)
-    work = {(m, s): [i for i, p in enumerate(prompts) if (p.key, m, s) not in done][ddp.rank::ddp.world]
+    work = {(m, s): [position[p.key] for p in selection[s] if (p.key, m, s) not in done][ddp.rank::ddp.world]
             for m in methods for s in seeds}  # this rank's share of what is left
     from tqdm import tqdm
 
@@ -564,8 +649,9 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
             peak, peak_kind = peak_memory(device)
             cost = {**counts, "wall_seconds": time.perf_counter() - started, "peak_memory_bytes": peak,
                     "peak_memory": peak_kind, "batch_prompts": len(batch), "note": "the whole batch's cost"}
-            store.append([{"id": p.id, "prompt": p.text, "fields": p.fields, "method": method, "seed": seed,
-                           "fingerprint": fingerprint, **result, "cost": cost} for p, result in zip(batch, results)])
+            store.append([{"id": p.id, **extra(p), "prompt": p.text, "fields": p.fields, "method": method,
+                           "seed": seed, "fingerprint": fingerprint, **result, "cost": cost}
+                          for p, result in zip(batch, results)])
             bar.update(len(batch))
     bar.close()
     store.close()
@@ -585,7 +671,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.prompts is not None:
+    if args.prompts is not None or args.dataset is not None:
         return run_experiment(args)
     try:
         result = run(args)
