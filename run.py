@@ -36,6 +36,7 @@ from torch import Tensor
 import experiment
 import models
 import prompt_sets
+import summaries
 import rewards
 import sampler
 from models import UsageError, first_line
@@ -661,16 +662,39 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
 
     # 4. Rank 0: every record in records.jsonl, and the summary.
     records = store.merge(order)
-    summary = {"fingerprint": fingerprint, "records": len(records),
-               "bootstrap": {"seed": experiment.BOOTSTRAP_SEED, "resamples": experiment.BOOTSTRAP_RESAMPLES},
-               "methods": experiment.summarise(records, methods, eval_reward is not None)}
-    write_json_atomically(directory / experiment.SUMMARY, summary)
-    print(experiment.table(summary["methods"]))
+    summary = summaries.benchmark_summary(json.loads((directory / experiment.CONFIG).read_text()), records)
+    note = summaries.write(directory, [summary], summary)
+    print(summaries.text_table(summary))
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+def run_report(args) -> int:
+    """`--report DIR...`: the runs' summaries recomputed from their records, one report (no model is loaded)."""
+    try:
+        used = [f for f in ("prompt", "prompts", "dataset", "output", "methods", "seeds", "batch_size", "resume",
+                            "eval_reward_model", *DATASET_FLAGS) if getattr(args, f) not in (None, False)]
+        if used:
+            raise UsageError(f"--{used[0].replace('_', '-')} is not for --report")
+        output = check_output_path(Path(args.output_dir) / experiment.SUMMARY, "--output-dir") \
+            if args.output_dir is not None else None
+        benchmarks = summaries.merge(args.report)
+    except UsageError as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 2
+    print("\n\n".join(summaries.text_table(b) for b in benchmarks))
+    if output is not None:
+        note = summaries.write(output.parent, benchmarks, {"benchmarks": {b["benchmark"]: b for b in benchmarks}})
+        if note:
+            print(note, file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report is not None:
+        return run_report(args)
     if args.prompts is not None or args.dataset is not None:
         return run_experiment(args)
     try:
