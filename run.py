@@ -33,14 +33,15 @@ import torch
 import transformers
 from torch import Tensor
 
+import api
 import experiment
 import models
 import prompt_sets
-import summaries
 import rewards
 import sampler
+import summaries
 from models import UsageError, first_line
-from rng import CounterRNG, stream_key
+from rng import CounterRNG
 from sampler import SamplingConfig
 
 EXPERIMENT_METHODS = ("entrgi", "aps", "expectation", "bon")
@@ -248,7 +249,16 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
     dllm = models.denoiser_checkpoint(dllm_name)
     ids = models.token_ids(dllm.tokenizer, dllm.config, dllm.generation_config)
     reward = models.reward_checkpoint(reward_name)
-    L = config.max_new_tokens
+    prompt_ids, pieces = tokenize_prompts(dllm, reward, prompts, config.max_new_tokens, labels)
+    bridge = rewards.vocab_bridge(dllm.tokenizer, reward.tokenizer, dllm.config.vocab_size)
+    reading = rewards.response_reading(dllm.config.vocab_size, ids.ends, ids.pad, dllm.tokenizer, bridge)
+    return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
+
+
+def tokenize_prompts(dllm: models.Checkpoint, reward: models.Checkpoint, prompts: list[str], L: int,
+                     labels: list[str] | None = None) -> tuple[list[list[int]], list[tuple[list[int], list[int]]]]:
+    """Each prompt in the denoiser's chat template, and R's (prefix, suffix) around its response, checked against
+    both contexts with L new tokens (UsageError naming `labels[i]` otherwise)."""
     dllm_context = dllm.config.max_position_embeddings
     reward_context = reward.config.max_position_embeddings
     prompt_ids, pieces = [], []
@@ -264,9 +274,7 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
                              f"response, suffix), beyond its context of {reward_context}")
         prompt_ids.append(tokens)
         pieces.append((prefix, suffix))
-    bridge = rewards.vocab_bridge(dllm.tokenizer, reward.tokenizer, dllm.config.vocab_size)
-    reading = rewards.response_reading(dllm.config.vocab_size, ids.ends, ids.pad, dllm.tokenizer, bridge)
-    return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
+    return prompt_ids, pieces
 
 
 def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1, resident: tuple = ()) -> list[str]:
@@ -466,10 +474,7 @@ def parse_list(text: str | None, default: list, flag: str, kind=str) -> list:
 def experiment_settings(args, config: SamplingConfig, device: torch.device, dtype: torch.dtype) -> dict:
     """Every setting that changes a record's result: a record's key is (prompt id, method, seed) plus their
     fingerprint. Not in it: the batch size and the number of processes (results do not depend on them)."""
-    sampling = {k: v for k, v in dataclasses.asdict(config).items() if k != "method"}
-    return {"sampling": sampling, "dllm": args.dllm, "reward_model": args.reward_model,
-            "eval_reward_model": args.eval_reward_model, "device": device.type,
-            "dtype": str(dtype).removeprefix("torch."), "rng": "rng.CounterRNG/splitmix64/v1"}
+    return api.settings(args.dllm, args.reward_model, args.eval_reward_model, config, device, dtype)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -623,37 +628,22 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
 
     done = set(ddp.from_rank0(prepare))
 
-    # 3. The models, once; then the batches. Each record is on disk before the next batch starts.
-    loaded = load(plan, device, dtype)
-    eval_reward = None
-    if eval_checkpoint is not None:
-        eval_reward = (models.load_weights(eval_checkpoint, dtype).to(device), eval_checkpoint.tokenizer)
-    work = {(m, s): [position[p.key] for p in selection[s] if (p.key, m, s) not in done][ddp.rank::ddp.world]
+    # 3. The models, once (api.Session); then the batches. Each record is on disk before the next batch starts.
+    session = api.Session.from_plan(plan, args.dllm, args.reward_model, args.eval_reward_model, eval_checkpoint,
+                                    device, dtype)
+    work = {(m, s): [p for p in selection[s] if (p.key, m, s) not in done][ddp.rank::ddp.world]
             for m in methods for s in seeds}  # this rank's share of what is left
     from tqdm import tqdm
 
     bar = tqdm(total=sum(map(len, work.values())), desc="records" if ddp.world == 1 else f"rank {ddp.rank} records",
                unit="record", file=sys.stderr, disable=args.no_progress)
-    for (method, seed), indices in work.items():
-        config = configs[method]
-        for start in range(0, len(indices), batch_size):
-            batch = [prompts[i] for i in indices[start:start + batch_size]]
-            rng = CounterRNG(torch.tensor([stream_key(seed, p.key) for p in batch], device=device))  # (B,)
-            counts = {"denoiser_forwards": 0, "reward_forward_backward": 0, "reward_forwards": 0}
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            started = time.perf_counter()
-            results = generate_batch(
-                loaded, [p.text for p in batch], [plan.prompt_ids[i] for i in indices[start:start + batch_size]],
-                config, rng, counts, eval_reward=eval_reward,
-                on_step=lambda i, _ids: bar.set_postfix_str(f"{method} seed {seed} step {i + 1}/{config.T}"))
-            peak, peak_kind = peak_memory(device)
-            cost = {**counts, "wall_seconds": time.perf_counter() - started, "peak_memory_bytes": peak,
-                    "peak_memory": peak_kind, "batch_prompts": len(batch), "note": "the whole batch's cost"}
-            store.append([{"id": p.id, **extra(p), "prompt": p.text, "fields": p.fields, "method": method,
-                           "seed": seed, "fingerprint": fingerprint, **result, "cost": cost}
-                          for p, result in zip(batch, results)])
-            bar.update(len(batch))
+
+    def on_batch(records: list[dict]) -> None:
+        store.append(records)
+        bar.update(len(records))
+
+    session.run(work, configs, {p.key: plan.prompt_ids[position[p.key]] for p in prompts}, batch_size, extra=extra,
+                on_batch=on_batch, on_step=lambda m, s, i: bar.set_postfix_str(f"{m} seed {s} step {i + 1}/{base.T}"))
     bar.close()
     store.close()
     ddp.barrier()

@@ -188,7 +188,8 @@ def test_two_processes_equal_one(runs, tmp_path):
                            "--output-dir", str(out), "--batch-size", "2", *TINY],
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json", "summary.md",
+                                                   "summary.plot.json", "summary.png"]
     assert_same_records(records(out), records(outs[2]), exact_floats=False)
     assert json.loads((out / "config.json").read_text())["processes"] == 2
 
