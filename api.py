@@ -90,10 +90,12 @@ class Session:
         return experiment.fingerprint(settings(*self.names, config, self.device, self.dtype))
 
     def generate(self, prompts: Sequence[str | Prompt], *, method: str = "entrgi", seeds: Sequence[int] = (0,),
-                 batch_size: int | None = None, **sampling) -> list[dict]:
+                 batch_size: int | None = None, dataset: str | None = None, **sampling) -> list[dict]:
         """The records of every prompt under `method`, per seed: prompts in order, then seeds.
 
         batch_size: prompts per forward (B x K rows; default run.DEFAULT_BATCH_SIZE, 4).
+        dataset: the benchmark's name, for prompts from `prompt_sets.selections`: each record then
+        carries `dataset` and `index` (= its id, the row's index), as the CLI's `--dataset` records do.
         """
         config = self.config(**sampling, method=method)
         batch_size = run.DEFAULT_BATCH_SIZE if batch_size is None else batch_size
@@ -103,7 +105,8 @@ class Session:
         for seed in seeds:
             run.check_seed(seed, "seed")
         prompt_ids = self.tokenize(items, config)
-        done = self.run({(method, seed): items for seed in seeds}, {method: config}, prompt_ids, batch_size)
+        extra = (lambda p: {"dataset": dataset, "index": p.id}) if dataset is not None else (lambda p: {})
+        done = self.run({(method, seed): items for seed in seeds}, {method: config}, prompt_ids, batch_size, extra)
         by_key = {experiment.record_key(r): r for r in done}
         return [by_key[(p.key, method, seed)] for p in items for seed in seeds]
 

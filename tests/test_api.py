@@ -89,3 +89,23 @@ def test_models_load_once(monkeypatch):
     session.generate(["Why?"], method="bon", **SAMPLING)
     session.generate(["Why?"], method="entrgi", seeds=[1, 2], **SAMPLING)
     assert len(loads) == 1
+
+
+def test_api_records_equal_the_cli_records_of_a_dataset_run(session, tmp_path):
+    """prompt_sets' selection through the API: the records of `run.py --dataset`, bit for bit."""
+    datasets = pytest.importorskip("datasets", reason="the experiments extra (datasets) is not installed")
+    import prompt_sets
+
+    datasets.Dataset.from_list([{"prompt": f"Tell me about item {i}.", "kind": "ab"[i % 2]} for i in range(12)]
+                               ).save_to_disk(str(tmp_path / "bench"))
+    out = tmp_path / "out"
+    assert run.main(["--dataset", str(tmp_path / "bench"), "--subset-size", "3", "--output-dir", str(out), "--dllm",
+                     "tiny", "--reward-model", "tiny", "--eval-reward-model", "tiny", "--device", "cpu", "--T", "4",
+                     "--max-new-tokens", "6", "--K", "2", "--methods", "entrgi", "--seeds", "1,2", "--no-progress"]) == 0
+    cli = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    source = prompt_sets.resolve(str(tmp_path / "bench"), subset_size=3)
+    mine = []
+    for seed, prompts in prompt_sets.selections(source, [1, 2]).items():
+        mine += session.generate(prompts, method="entrgi", seeds=[seed], dataset=source.name, **SAMPLING)
+    key = experiment.record_key
+    assert sorted(without_cost(mine), key=key) == sorted(without_cost(cli), key=key) and len(cli) == 6
