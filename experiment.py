@@ -6,8 +6,10 @@ of B); this module holds what the loop reads and writes, as plain functions:
     read_prompts(FILE)            .jsonl ({"prompt": ..., "id": ..., other fields carried}) or .txt (id = line number)
     fingerprint(settings)         sha256 of every setting that changes a record's result
     Store(DIR, rank, world)       records appended one whole line at a time, fsync'ed; resume; merge
-    summarise(records, ...)       per method: mean Top@1 / Avg@N over prompts x seeds, 95 % bootstrap
+    summarise(records, ...)       per method: Top@1 / Avg@N as mean ± standard error over the seeds (the
+                                  paper's figure), the mean over prompts x seeds with its 95 % bootstrap
                                   interval, and the paired difference to `bon` (same prompt and seed)
+    table(summary)                the summary as text within 100 columns, one block per metric
     Distributed.from_env()        torchrun's RANK / WORLD_SIZE / LOCAL_RANK, gloo process group
 
 Files in DIR:
@@ -235,8 +237,38 @@ def bootstrap(values: list[float]) -> dict:
     return {"mean": x.mean().item(), "ci95": [low, high], "n": len(values)}
 
 
+METRIC_NAMES = {"top1_reward": "Top@1", "avgN_reward": "Avg@N", "eval_top1_reward": "eval Top@1",
+                "eval_avgN_reward": "eval Avg@N"}
+
+
+def over_seeds(rows: list[dict], metric: str) -> dict:
+    """The paper's figure: each seed's mean over its prompts, then their mean and standard error.
+
+    sem = s / sqrt(S) with s the sample standard deviation (divisor S - 1) of the S seeds' means;
+    None with one seed. (With the same number of prompts per seed, the mean equals the mean
+    over the records.)
+    """
+    seeds: dict[int, list[float]] = {}
+    for r in rows:
+        seeds.setdefault(r["seed"], []).append(r[metric])
+    means = torch.tensor([sum(v) / len(v) for v in seeds.values()], dtype=torch.float64)  # (S,)
+    S = len(means)
+    sem = (means.std(correction=1) / S ** 0.5).item() if S > 1 else None
+    return {"seed_mean": means.mean().item(), "sem": sem, "seeds": S,
+            "per_seed": {str(seed): m for seed, m in zip(seeds, means.tolist())}}
+
+
+def statistics(rows: list[dict], metric: str) -> dict:
+    """Mean, 95 % bootstrap interval and n over the records; mean and SEM over the seeds (`over_seeds`)."""
+    return {**bootstrap([r[metric] for r in rows]), **over_seeds(rows, metric)}
+
+
 def summarise(records: list[dict], methods: list[str], with_eval: bool) -> dict:
-    """Per method: Top@1 and Avg@N (and the eval model's) over its records, and paired differences to bon."""
+    """Per method: Top@1 and Avg@N (and the eval model's) over its records, and paired differences to bon.
+
+    Each metric: `statistics` (mean, ci95, n over the records; seed_mean, sem, seeds, per_seed).
+    minus_bon: the same of the paired differences (same prompt and seed as a bon record).
+    """
     metrics = ["top1_reward", "avgN_reward"] + (["eval_top1_reward", "eval_avgN_reward"] if with_eval else [])
     by_method = {m: [r for r in records if r["method"] == m] for m in methods}
     bon = {(str(r["id"]), r["seed"]): r for r in by_method.get("bon", [])}
@@ -244,29 +276,64 @@ def summarise(records: list[dict], methods: list[str], with_eval: bool) -> dict:
     for method, rows in by_method.items():
         if not rows:
             continue
-        entry = {metric: bootstrap([r[metric] for r in rows]) for metric in metrics}
+        entry = {metric: statistics(rows, metric) for metric in metrics}
         pairs = [(r, bon[(str(r["id"]), r["seed"])]) for r in rows if (str(r["id"]), r["seed"]) in bon]
         if method != "bon" and pairs:
-            entry["minus_bon"] = {metric: bootstrap([r[metric] - b[metric] for r, b in pairs]) for metric in metrics}
+            entry["minus_bon"] = {metric: statistics([{"seed": r["seed"], metric: r[metric] - b[metric]}
+                                                      for r, b in pairs], metric) for metric in metrics}
         summary[method] = entry
     return summary
 
 
-def table(summary: dict) -> str:
-    """The summary as a text table: mean [95 % interval] per metric, and the paired difference to bon."""
-    metrics = [m for m in ("top1_reward", "avgN_reward", "eval_top1_reward", "eval_avgN_reward")
-               if any(m in e for e in summary.values())]
-    names = {"top1_reward": "Top@1", "avgN_reward": "Avg@N", "eval_top1_reward": "eval Top@1",
-             "eval_avgN_reward": "eval Avg@N"}
-    cell = lambda s: f"{s['mean']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"  # noqa: E731
-    header = ["method", "n"] + [names[m] for m in metrics] + [f"{names[m]} - bon" for m in metrics]
-    rows = [header]
-    for method, entry in summary.items():
-        diff = entry.get("minus_bon", {})
-        rows.append([method, str(entry[metrics[0]]["n"])] + [cell(entry[m]) for m in metrics]
-                    + [cell(diff[m]) if m in diff else "-" for m in metrics])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+def shown_metrics(summary: dict, eval_columns: bool = True) -> list[str]:
+    """The metrics a table shows: Top@1 and Avg@N, and the eval model's when asked for and present."""
+    present = [m for m in METRIC_NAMES if any(m in e for e in summary.values())]
+    return [m for m in present if eval_columns or not m.startswith("eval_")]
+
+
+def seed_cell(s: dict) -> str:
+    """mean ± SEM over the seeds (mean alone with one seed)."""
+    return f"{s['seed_mean']:+.3f} ± {s['sem']:.3f}" if s["sem"] is not None else f"{s['seed_mean']:+.3f}"
+
+
+def interval_cell(s: dict) -> str:
+    return f"[{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
+
+
+def n_cell(s: dict) -> str:
+    return f"{s['n']} ({s['seeds']} seed{'s' if s['seeds'] != 1 else ''})"
+
+
+TABLE_NOTE = ("n: records (prompts x seeds); mean ± SEM: the seeds' means, their mean and standard error "
+              "(the paper's figure); 95 % CI: percentile bootstrap over the n records; - bon: paired by "
+              "prompt and seed")
+
+
+def table(summary: dict, eval_columns: bool = True, width: int = 100) -> str:
+    """The summary as text, one block per metric (so that it fits `width` columns), and what the columns mean.
+
+    `eval_columns`: show the eval model's metrics (run.py passes False when no eval model was
+    given, or it is the guiding model: its columns would repeat the others).
+    """
+    header = ["method", "n", "mean ± SEM", "95 % CI", "- bon", "- bon 95 % CI"]
+    blocks = []
+    for metric in shown_metrics(summary, eval_columns):
+        rows = [header]
+        for method, entry in summary.items():
+            s, d = entry[metric], entry.get("minus_bon", {}).get(metric)
+            rows.append([method, n_cell(s), seed_cell(s), interval_cell(s),
+                         seed_cell(d) if d else "-", interval_cell(d) if d else "-"])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        blocks.append("\n".join([METRIC_NAMES[metric]] + ["  " + line for line in lines]))
+    note = wrap(TABLE_NOTE, width)
+    return "\n\n".join(blocks + [note])
+
+
+def wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 # --------------------------------------------------------------------------- torchrun

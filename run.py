@@ -33,12 +33,15 @@ import torch
 import transformers
 from torch import Tensor
 
+import api
 import experiment
 import models
+import prompt_sets
 import rewards
 import sampler
+import summaries
 from models import UsageError, first_line
-from rng import CounterRNG, stream_key
+from rng import CounterRNG
 from sampler import SamplingConfig
 
 EXPERIMENT_METHODS = ("entrgi", "aps", "expectation", "bon")
@@ -73,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="the user prompt: one run (this or --prompts is required)")
     source.add_argument("--prompts", metavar="FILE",
                         help="the experiment: every prompt of FILE (.jsonl with a \"prompt\" field, or .txt, one a line)")
+    source.add_argument("--dataset", metavar="NAME|PATH",
+                        help=f"the experiment on a benchmark's rows, chosen per seed as the paper does: "
+                             f"{', '.join(prompt_sets.PRESETS)}, a hub id, a save_to_disk directory, or "
+                             f"parquet/jsonl files (docs/experiment.md)")
+    source.add_argument("--report", nargs="+", metavar="DIR",
+                        help="merge the summaries of finished run directories into one report in --output-dir "
+                             "(summary.json, summary.md, summary.png); no model is loaded")
     parser.add_argument("--dllm", default=models.DEFAULT_DLLM, help="denoiser: hub id, local directory, or tiny")
     parser.add_argument("--reward-model", default=models.DEFAULT_REWARD,
                         help="reward model: hub id (Skywork-Reward-V2-Qwen3-0.6B/-1.7B/-4B), local directory, or tiny")
@@ -87,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="read the configs and tokenizers only (never the weights), print the plan, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    experiment_options(parser.add_argument_group("the experiment (--prompts)"))
+    experiment_options(parser.add_argument_group("the experiment (--prompts, --dataset)"))
+    dataset_options(parser.add_argument_group("the prompts of --dataset"))
     hints = typing.get_type_hints(SamplingConfig)
     for f in dataclasses.fields(SamplingConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -110,6 +121,22 @@ def experiment_options(group) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run in DIR: skip its complete records")
     group.add_argument("--eval-reward-model", metavar="ID",
                        help="also score every final response with this reward model (it does not guide)")
+
+
+def dataset_options(group) -> None:
+    """The options of `--dataset` (None by default, so that other runs can refuse them; prompt_sets has the rule)."""
+    group.add_argument("--split", help="the split to read (default: the benchmark's, else train)")
+    group.add_argument("--prompt-field", metavar="FIELD", help="the field holding the prompt (default: the "
+                       "benchmark's, else prompt)")
+    group.add_argument("--subset-size", type=int, metavar="N", help="per seed, the first N rows of "
+                       f"shuffle(seed) (default: {prompt_sets.DEFAULT_SUBSET_SIZE}, the authors')")
+    group.add_argument("--subset-field", metavar="FIELD", help="then keep the rows whose FIELD equals --subset-name")
+    group.add_argument("--subset-name", metavar="NAME", help="the value --subset-field must have")
+    group.add_argument("--subset-seed", type=int, metavar="S", help="draw one selection with shuffle(S) and run "
+                       "every seed on it (the paired design; default: each seed draws its own, as the authors do)")
+
+
+DATASET_FLAGS = ("split", "prompt_field", "subset_size", "subset_field", "subset_name", "subset_seed")
 
 
 def config_from_args(args) -> SamplingConfig:
@@ -222,7 +249,16 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
     dllm = models.denoiser_checkpoint(dllm_name)
     ids = models.token_ids(dllm.tokenizer, dllm.config, dllm.generation_config)
     reward = models.reward_checkpoint(reward_name)
-    L = config.max_new_tokens
+    prompt_ids, pieces = tokenize_prompts(dllm, reward, prompts, config.max_new_tokens, labels)
+    bridge = rewards.vocab_bridge(dllm.tokenizer, reward.tokenizer, dllm.config.vocab_size)
+    reading = rewards.response_reading(dllm.config.vocab_size, ids.ends, ids.pad, dllm.tokenizer, bridge)
+    return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
+
+
+def tokenize_prompts(dllm: models.Checkpoint, reward: models.Checkpoint, prompts: list[str], L: int,
+                     labels: list[str] | None = None) -> tuple[list[list[int]], list[tuple[list[int], list[int]]]]:
+    """Each prompt in the denoiser's chat template, and R's (prefix, suffix) around its response, checked against
+    both contexts with L new tokens (UsageError naming `labels[i]` otherwise)."""
     dllm_context = dllm.config.max_position_embeddings
     reward_context = reward.config.max_position_embeddings
     prompt_ids, pieces = [], []
@@ -238,9 +274,7 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
                              f"response, suffix), beyond its context of {reward_context}")
         prompt_ids.append(tokens)
         pieces.append((prefix, suffix))
-    bridge = rewards.vocab_bridge(dllm.tokenizer, reward.tokenizer, dllm.config.vocab_size)
-    reading = rewards.response_reading(dllm.config.vocab_size, ids.ends, ids.pad, dllm.tokenizer, bridge)
-    return Plan(config, dllm, reward, ids, bridge, reading, prompts, prompt_ids, pieces)
+    return prompt_ids, pieces
 
 
 def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1, resident: tuple = ()) -> list[str]:
@@ -387,6 +421,7 @@ def run(args) -> dict:
              if getattr(args, flag) not in (None, False)]
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} is for --prompts runs")
+    refuse_dataset_options(args, "--prompt")
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     check_seed(args.seed)
@@ -439,10 +474,7 @@ def parse_list(text: str | None, default: list, flag: str, kind=str) -> list:
 def experiment_settings(args, config: SamplingConfig, device: torch.device, dtype: torch.dtype) -> dict:
     """Every setting that changes a record's result: a record's key is (prompt id, method, seed) plus their
     fingerprint. Not in it: the batch size and the number of processes (results do not depend on them)."""
-    sampling = {k: v for k, v in dataclasses.asdict(config).items() if k != "method"}
-    return {"sampling": sampling, "dllm": args.dllm, "reward_model": args.reward_model,
-            "eval_reward_model": args.eval_reward_model, "device": device.type,
-            "dtype": str(dtype).removeprefix("torch."), "rng": "rng.CounterRNG/splitmix64/v1"}
+    return api.settings(args.dllm, args.reward_model, args.eval_reward_model, config, device, dtype)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -452,6 +484,57 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss (this process so far)"
+
+
+def refuse_dataset_options(args, what: str) -> None:
+    given = [flag for flag in DATASET_FLAGS if getattr(args, flag) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset runs, not {what}")
+
+
+def prompt_selection(args, seeds: list[int]) -> tuple[prompt_sets.Source | None, dict[int, list]]:
+    """(the dataset's Source or None, {seed: its prompts}): a prompts file gives every seed all its prompts."""
+    if args.dataset is None:
+        refuse_dataset_options(args, "--prompts")
+        prompts = experiment.read_prompts(args.prompts)
+        return None, {seed: prompts for seed in seeds}
+    source = prompt_sets.resolve(args.dataset, args.split, args.prompt_field, args.subset_size, args.subset_field,
+                                 args.subset_name, args.subset_seed)
+    if source.subset_seed is not None:
+        check_seed(source.subset_seed, "--subset-seed")
+    return source, prompt_sets.selections(source, seeds)
+
+
+def distinct_prompts(selection: dict[int, list]) -> list:
+    seen: dict[str, object] = {}
+    for prompts in selection.values():
+        for prompt in prompts:
+            seen.setdefault(prompt.key, prompt)
+    return list(seen.values())
+
+
+def describe_selection(plan: Plan, source, selection: dict[int, list], prompts: list) -> list[str]:
+    """--dry-run's account of the selection: count per seed, and the longest prompt against both contexts."""
+    L = plan.config.max_new_tokens
+    lines = []
+    if source is not None:
+        rule = f"the first {source.subset_size} rows of shuffle(seed)"
+        if source.subset_field is not None:
+            rule += f", then {source.subset_field} == {source.subset_name!r}"
+        if source.subset_seed is not None:
+            rule += f"; every seed runs the selection of seed {source.subset_seed} (paired)"
+        lines.append(f"dataset       {source.name} ({source.path}, split {source.split}, field {source.prompt_field}): "
+                     f"{rule}")
+    counts = ", ".join(f"{seed}: {len(chosen)}" for seed, chosen in selection.items())
+    lines.append(f"selection     prompts per seed {counts} ({len(prompts)} distinct)")
+    d = max(range(len(prompts)), key=lambda i: len(plan.prompt_ids[i]))
+    r = max(range(len(prompts)), key=lambda i: sum(map(len, plan.reward_pieces[i])))
+    prefix, suffix = plan.reward_pieces[r]
+    lines.append(f"longest       denoiser: {prompts[d].where}, {len(plan.prompt_ids[d])} + {L} new = "
+                 f"{len(plan.prompt_ids[d]) + L} of {plan.dllm.config.max_position_embeddings} tokens; reward model: "
+                 f"{prompts[r].where}, {len(prefix)} + {L} + {len(suffix)} = {len(prefix) + L + len(suffix)} of "
+                 f"{plan.reward.config.max_position_embeddings}")
+    return lines
 
 
 def run_experiment(args) -> int:
@@ -474,7 +557,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     if args.output is not None:
         raise UsageError("--output is for --prompt runs (--prompts writes to --output-dir)")
     if args.output_dir is None and not args.dry_run:
-        raise UsageError("--prompts needs --output-dir")
+        raise UsageError(f"{'--prompts' if args.dataset is None else '--dataset'} needs --output-dir")
     base = config_from_args(args)
     methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
     configs = {}
@@ -497,7 +580,8 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         device = torch.device("cuda", ddp.local_rank)  # one device per rank
         torch.cuda.set_device(device)
     dtype = resolve_dtype(args.dtype, device)
-    prompts = experiment.read_prompts(args.prompts)
+    source, selection = prompt_selection(args, seeds)
+    prompts = distinct_prompts(selection)  # every seed's prompts, each once, in order of first selection
     texts, labels = [p.text for p in prompts], [p.where for p in prompts]
     plan = make_plan(args.dllm, args.reward_model, texts, base, labels)
     if len({tuple(suffix) for _, suffix in plan.reward_pieces}) != 1:
@@ -514,14 +598,19 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     if args.dry_run:  # the plan for one batch of B prompts, and nothing written
         if ddp.rank == 0:
             resident = () if eval_checkpoint is None else (eval_checkpoint,)
-            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)), resident=resident)))
+            print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)), resident=resident)
+                            + describe_selection(plan, source, selection, prompts)))
         return 0
 
     # 2. The output directory (rank 0 checks it and tells every rank what is already done).
     settings = experiment_settings(args, base, device, dtype)
     fingerprint = experiment.fingerprint(settings)
     store = experiment.Store(directory, ddp.rank, ddp.world)
-    order = [(p.key, m, s) for p in prompts for m in methods for s in seeds]
+    chosen = {s: {p.key for p in selection[s]} for s in seeds}
+    order = [(p.key, m, s) for p in prompts for m in methods for s in seeds if p.key in chosen[s]]
+    position = {p.key: i for i, p in enumerate(prompts)}
+    benchmark = source.name if source is not None else Path(args.prompts).stem
+    extra = (lambda p: {"dataset": source.name, "index": p.id}) if source is not None else (lambda p: {})
 
     def prepare() -> list[tuple]:
         done = store.prepare(fingerprint, args.resume)
@@ -531,42 +620,30 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
                 raise UsageError(f"--resume: {prompt.where}: id {prompt.id!r} was run with another prompt or fields")
         write_json_atomically(directory / experiment.CONFIG, {
             "fingerprint": fingerprint, "settings": settings, "prompts": args.prompts, "n_prompts": len(prompts),
+            "benchmark": benchmark, "dataset": source.describe() if source is not None else None,
+            "selection": {str(s): [p.id for p in selection[s]] for s in seeds},
             "methods": methods, "seeds": seeds, "batch_size": batch_size, "processes": ddp.world,
             "versions": versions()})
         return [key for key in order if key in done]
 
     done = set(ddp.from_rank0(prepare))
 
-    # 3. The models, once; then the batches. Each record is on disk before the next batch starts.
-    loaded = load(plan, device, dtype)
-    eval_reward = None
-    if eval_checkpoint is not None:
-        eval_reward = (models.load_weights(eval_checkpoint, dtype).to(device), eval_checkpoint.tokenizer)
-    work = {(m, s): [i for i, p in enumerate(prompts) if (p.key, m, s) not in done][ddp.rank::ddp.world]
+    # 3. The models, once (api.Session); then the batches. Each record is on disk before the next batch starts.
+    session = api.Session.from_plan(plan, args.dllm, args.reward_model, args.eval_reward_model, eval_checkpoint,
+                                    device, dtype)
+    work = {(m, s): [p for p in selection[s] if (p.key, m, s) not in done][ddp.rank::ddp.world]
             for m in methods for s in seeds}  # this rank's share of what is left
     from tqdm import tqdm
 
     bar = tqdm(total=sum(map(len, work.values())), desc="records" if ddp.world == 1 else f"rank {ddp.rank} records",
                unit="record", file=sys.stderr, disable=args.no_progress)
-    for (method, seed), indices in work.items():
-        config = configs[method]
-        for start in range(0, len(indices), batch_size):
-            batch = [prompts[i] for i in indices[start:start + batch_size]]
-            rng = CounterRNG(torch.tensor([stream_key(seed, p.key) for p in batch], device=device))  # (B,)
-            counts = {"denoiser_forwards": 0, "reward_forward_backward": 0, "reward_forwards": 0}
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            started = time.perf_counter()
-            results = generate_batch(
-                loaded, [p.text for p in batch], [plan.prompt_ids[i] for i in indices[start:start + batch_size]],
-                config, rng, counts, eval_reward=eval_reward,
-                on_step=lambda i, _ids: bar.set_postfix_str(f"{method} seed {seed} step {i + 1}/{config.T}"))
-            peak, peak_kind = peak_memory(device)
-            cost = {**counts, "wall_seconds": time.perf_counter() - started, "peak_memory_bytes": peak,
-                    "peak_memory": peak_kind, "batch_prompts": len(batch), "note": "the whole batch's cost"}
-            store.append([{"id": p.id, "prompt": p.text, "fields": p.fields, "method": method, "seed": seed,
-                           "fingerprint": fingerprint, **result, "cost": cost} for p, result in zip(batch, results)])
-            bar.update(len(batch))
+
+    def on_batch(records: list[dict]) -> None:
+        store.append(records)
+        bar.update(len(records))
+
+    session.run(work, configs, {p.key: plan.prompt_ids[position[p.key]] for p in prompts}, batch_size, extra=extra,
+                on_batch=on_batch, on_step=lambda m, s, i: bar.set_postfix_str(f"{m} seed {s} step {i + 1}/{base.T}"))
     bar.close()
     store.close()
     ddp.barrier()
@@ -575,17 +652,40 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
 
     # 4. Rank 0: every record in records.jsonl, and the summary.
     records = store.merge(order)
-    summary = {"fingerprint": fingerprint, "records": len(records),
-               "bootstrap": {"seed": experiment.BOOTSTRAP_SEED, "resamples": experiment.BOOTSTRAP_RESAMPLES},
-               "methods": experiment.summarise(records, methods, eval_reward is not None)}
-    write_json_atomically(directory / experiment.SUMMARY, summary)
-    print(experiment.table(summary["methods"]))
+    summary = summaries.benchmark_summary(json.loads((directory / experiment.CONFIG).read_text()), records)
+    note = summaries.write(directory, [summary], summary)
+    print(summaries.text_table(summary))
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+def run_report(args) -> int:
+    """`--report DIR...`: the runs' summaries recomputed from their records, one report (no model is loaded)."""
+    try:
+        used = [f for f in ("prompt", "prompts", "dataset", "output", "methods", "seeds", "batch_size", "resume",
+                            "eval_reward_model", *DATASET_FLAGS) if getattr(args, f) not in (None, False)]
+        if used:
+            raise UsageError(f"--{used[0].replace('_', '-')} is not for --report")
+        output = check_output_path(Path(args.output_dir) / experiment.SUMMARY, "--output-dir") \
+            if args.output_dir is not None else None
+        benchmarks = summaries.merge(args.report)
+    except UsageError as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 2
+    print("\n\n".join(summaries.text_table(b) for b in benchmarks))
+    if output is not None:
+        note = summaries.write(output.parent, benchmarks, {"benchmarks": {b["benchmark"]: b for b in benchmarks}})
+        if note:
+            print(note, file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.prompts is not None:
+    if args.report is not None:
+        return run_report(args)
+    if args.prompts is not None or args.dataset is not None:
         return run_experiment(args)
     try:
         result = run(args)

@@ -20,7 +20,13 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   directory without --resume, is a one-line error that leaves the directory as it was;
 * summary.json's means, bootstrap intervals and paired differences to bon follow from
   records.jsonl (recomputed here with the documented bootstrap), and --eval-reward-model
-  scores every response with the second model (here the same tiny model: the same scores).
+  scores every response with the second model (here the same tiny model: the same scores);
+* the paper's aggregation: per seed the mean over its prompts, then mean and standard error
+  over seeds, recomputed here with `statistics`; the printed table fits 100 columns, explains
+  n, and shows the eval model's columns only when it differs from the guiding model; the plot's
+  bars and error bars, read back from matplotlib's artists, are the summary's numbers (and
+  summary.plot.json holds them); the published Top@1 is drawn only for the paper's
+  configuration; `--report` merges run directories from their records.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import entrgi  # noqa: E402
 import experiment  # noqa: E402
 import rng  # noqa: E402
 import run  # noqa: E402
+import summaries  # noqa: E402
 
 ROOT = Path(run.__file__).resolve().parent
 PROMPTS = [  # different lengths, so batches are left-padded
@@ -181,7 +188,8 @@ def test_two_processes_equal_one(runs, tmp_path):
                            "--output-dir", str(out), "--batch-size", "2", *TINY],
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json", "summary.md",
+                                                   "summary.plot.json", "summary.png"]
     assert_same_records(records(out), records(outs[2]), exact_floats=False)
     assert json.loads((out / "config.json").read_text())["processes"] == 2
 
@@ -379,3 +387,137 @@ def test_dry_run_of_a_prompts_file_predicts_the_batch_and_writes_nothing(tmp_pat
     out, err = capsys.readouterr()
     assert status == 0, err
     assert float(out.split("peak memory")[1].split("GiB")[0]) > totals[1]
+
+
+# --------------------------------------------------------------------------- the paper's aggregation and the report
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """Three seeds over the three prompts (the paper's shape in small): the output directory."""
+    root = tmp_path_factory.mktemp("seeded")
+    out = root / "three-seeds"
+    assert run.main(["--prompts", str(write_prompts(root / "p.jsonl")), "--output-dir", str(out), *BASE,
+                     "--methods", "entrgi,bon", "--seeds", "1,2,3"]) == 0
+    return out
+
+
+def test_mean_and_standard_error_over_seeds_follow_from_the_records(seeded):
+    import statistics
+
+    rows = records(seeded)
+    summary = json.loads((seeded / "summary.json").read_text())
+    bon = {(r["id"], r["seed"]): r for r in rows if r["method"] == "bon"}
+    for method in ("entrgi", "bon"):
+        for metric in ("top1_reward", "avgN_reward"):
+            got = summary["methods"][method][metric]
+            per_seed = [statistics.fmean(r[metric] for r in rows if r["method"] == method and r["seed"] == s)
+                        for s in (1, 2, 3)]
+            assert got["per_seed"] == pytest.approx({str(s): m for s, m in zip((1, 2, 3), per_seed)}, abs=1e-12)
+            assert got["seed_mean"] == pytest.approx(statistics.fmean(per_seed), abs=1e-12)
+            assert got["sem"] == pytest.approx(statistics.stdev(per_seed) / 3 ** 0.5, abs=1e-12)
+            assert (got["seeds"], got["n"]) == (3, 9)
+            mean, ci = bootstrap_again([r[metric] for r in rows if r["method"] == method])
+            assert (got["mean"], got["ci95"]) == (pytest.approx(mean, abs=1e-12), pytest.approx(ci, abs=1e-12))
+    diffs = [statistics.fmean(r["top1_reward"] - bon[(r["id"], s)]["top1_reward"]
+                              for r in rows if r["method"] == "entrgi" and r["seed"] == s) for s in (1, 2, 3)]
+    got = summary["methods"]["entrgi"]["minus_bon"]["top1_reward"]
+    assert got["seed_mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+    assert got["sem"] == pytest.approx(statistics.stdev(diffs) / 3 ** 0.5, abs=1e-12)
+    one_seed = json.loads((seeded.parent / "three-seeds" / "summary.json").read_text())
+    assert one_seed["benchmark"] == "p" and one_seed["seeds"] == [1, 2, 3]
+
+
+def test_table_fits_100_columns_explains_n_and_shows_eval_columns_only_when_they_differ(seeded, runs):
+    _, outs = runs
+    for directory in (seeded, outs[1]):
+        summary = json.loads((directory / "summary.json").read_text())
+        text = summaries.text_table(summary)
+        assert max(map(len, text.splitlines())) <= 100 and "n: records (prompts x seeds)" in text
+    same = json.loads((outs[1] / "summary.json").read_text())  # eval model "tiny" = the guiding "tiny"
+    assert not same["eval_columns"] and "eval" not in summaries.text_table(same)
+    wide = experiment.table(same["methods"], eval_columns=True)  # what a different eval model adds
+    assert "eval Top@1" in wide and "eval Avg@N" in wide and max(map(len, wide.splitlines())) <= 100
+    config = {"settings": {"reward_model": "a", "eval_reward_model": "b"}}
+    assert summaries.eval_differs(config) and not summaries.eval_differs({"settings": {"reward_model": "a"}})
+    md = (seeded / "summary.md").read_text()
+    top1 = json.loads((seeded / "summary.json").read_text())["methods"]["entrgi"]["top1_reward"]
+    assert f"| entrgi | 9 (3 seeds) | {top1['seed_mean']:+.3f} ± {top1['sem']:.3f} |" in md
+
+
+def bar_series(ax) -> list:
+    from matplotlib.container import BarContainer
+
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def bars(ax) -> tuple[list[float], list[tuple[float, float]]]:
+    """The first bar series of an axis: heights, and each error bar's (bottom, top) as drawn."""
+    container = bar_series(ax)[0]
+    heights = [patch.get_height() for patch in container.patches]
+    segments = container.errorbar.lines[2][0].get_segments()
+    return heights, [(float(s[0][1]), float(s[1][1])) for s in segments]
+
+
+def test_plot_draws_the_summary(seeded):
+    summary = json.loads((seeded / "summary.json").read_text())
+    assert (seeded / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure, panels = summaries.plot([summary])
+    assert json.loads((seeded / "summary.plot.json").read_text()) == panels
+    for ax, panel in zip(figure.axes, panels):
+        heights, errors = bars(ax)
+        stats = [summary["methods"][m][panel["metric"]] for m in ("entrgi", "bon")]
+        assert panel["methods"] == ["entrgi", "bon"] and panel["error"] == "standard error over seeds"
+        assert heights == pytest.approx([s["seed_mean"] for s in stats], abs=1e-12)
+        drawn = [v for pair in errors for v in pair]
+        assert drawn == pytest.approx([v for s in stats for v in (s["seed_mean"] - s["sem"], s["seed_mean"] + s["sem"])],
+                                      abs=1e-9)
+        assert len(bar_series(ax)) == 1  # no published bars: not the paper's configuration
+
+
+def test_published_top1_is_drawn_for_the_papers_configuration():
+    import dataclasses as dc
+
+    from sampler import SamplingConfig
+
+    config = {"benchmark": "judgebench", "methods": ["entrgi", "bon"], "seeds": [1, 2, 3],
+              "dataset": {"name": "judgebench", "kind": "hub", "path": "ScalerLab/JudgeBench", "split": "gpt",
+                          "prompt_field": "question", "subset_size": 64, "subset_field": None, "subset_seed": None},
+              "settings": {"sampling": {k: v for k, v in dc.asdict(SamplingConfig()).items() if k != "method"},
+                           "dllm": "Dream-org/Dream-v0-Instruct-7B",
+                           "reward_model": "Skywork/Skywork-Reward-V2-Qwen3-1.7B"}}
+    rows = [{"id": i, "seed": s, "method": m, "top1_reward": i + s + (m == "entrgi"), "avgN_reward": i - s}
+            for i in range(4) for s in (1, 2, 3) for m in ("entrgi", "bon")]
+    summary = summaries.benchmark_summary(config, rows)
+    assert summary["published_top1"] == {"entrgi": 2.44, "bon": 1.65}
+    figure, panels = summaries.plot([summary])
+    top1 = figure.axes[0]
+    assert [p.get_height() for p in bar_series(top1)[1].patches] == [2.44, 1.65]
+    assert len(bar_series(figure.axes[1])) == 1  # Avg@N has no published figure
+    assert "| entrgi | 12 (3 seeds) |" in summaries.markdown([summary]) and "published Top@1" in summaries.markdown(
+        [summary])
+    other = {**config, "settings": {**config["settings"], "sampling": {**config["settings"]["sampling"], "T": 64}}}
+    assert summaries.benchmark_summary(other, rows)["published_top1"] is None
+
+
+def test_report_merges_run_directories(seeded, runs, tmp_path, capsys):
+    _, outs = runs
+    second = tmp_path / "second"
+    shutil.copytree(outs[1], second)
+    config = json.loads((second / "config.json").read_text())
+    (second / "config.json").write_text(json.dumps({**config, "benchmark": "second"}))
+    (second / "summary.json").unlink()  # the report reads records, not summaries
+    report = tmp_path / "report"
+    capsys.readouterr()
+    assert run.main(["--report", str(seeded), str(second), "--output-dir", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("p (18 records") and "\nsecond (6 records" in out
+    merged = json.loads((report / "summary.json").read_text())["benchmarks"]
+    assert list(merged) == ["p", "second"]
+    assert merged["p"]["methods"] == json.loads((seeded / "summary.json").read_text())["methods"]
+    assert "## p" in (report / "summary.md").read_text() and "## second" in (report / "summary.md").read_text()
+    assert len(json.loads((report / "summary.plot.json").read_text())) == 4  # 2 benchmarks x (Top@1, Avg@N)
+    assert run.main(["--report", str(seeded), str(seeded), "--output-dir", str(tmp_path / "r2")]) == 2
+    assert "two directories hold the benchmark 'p'" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+    assert run.main(["--report", str(tmp_path), "--output-dir", str(tmp_path / "r3")]) == 2
+    assert "not a run directory" in capsys.readouterr().err and not (tmp_path / "r3").exists()
