@@ -71,9 +71,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -82,6 +80,7 @@ from torch import Tensor
 
 import entrgi
 from entrgi import METHODS, argmax_lowest, entropy_weight, filter_probs, guide, sample_categorical, tempered_softmax
+from spec import f32, timesteps  # the schedule's float32 arithmetic, written out once (spec.py)
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 TINIEST_TEMPERATURE = torch.finfo(torch.float32).tiny  # 1.18e-38: 1 / tau (guidance's gradient scale) is finite above it
@@ -185,48 +184,6 @@ class SamplingConfig:
 
 
 # --------------------------------------------------------------------------- schedule
-
-
-def f32(x: float) -> float:
-    """x rounded to the nearest float32 (ties to even), as a Python float."""
-    return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def fma32(a: float, b: float, c: float) -> float:
-    """a * b + c for float32 a, b, c, rounded ONCE to float32 (a fused multiply-add), exactly. Result > 0.
-
-    The exact value in rationals, then the nearest of the float32 candidates around its float64
-    rounding (ties to even): no double rounding. (The schedule's values are positive.)
-    """
-    product = a * b  # exact in float64 (two 24-bit significands)
-    total = product + c
-    if total - product == c and total - c == product:  # the float64 sum is exact: one rounding to float32 left
-        return f32(total)
-    exact = Fraction(a) * Fraction(b) + Fraction(c)
-    bits = struct.unpack("<i", struct.pack("<f", f32(float(exact))))[0]  # within one float32 step of the answer
-    candidates = [struct.unpack("<f", struct.pack("<i", n))[0] for n in (bits - 1, bits, bits + 1)]
-    return min(candidates, key=lambda v: (abs(Fraction(v) - exact), struct.unpack("<i", struct.pack("<f", v))[0] % 2))
-
-
-def timesteps(steps: int, eps: float = 1e-3) -> list[float]:
-    """Dream's timesteps torch.linspace(1, eps, steps + 1) in float32, computed without linspace. steps + 1 floats.
-
-    The rule torch's linspace follows (on CPU and CUDA: checked bitwise against torch.linspace by
-    `test_timesteps_equal_torch_linspace`), each operation in float32:
-
-        n = T + 1,  e = f32(eps),  h = fl32(fl32(e - 1) / T)          (the step, negative)
-        t_i = fma32(h, i, 1)              for i <  n // 2             (first half from the start)
-        t_i = fma32(-h, n - 1 - i, e)     for i >= n // 2             (second half from the end)
-
-    fma32(a, b, c) = a * b + c rounded once to float32 (torch's kernels compile to fused
-    multiply-adds; a separate product and sum changes 2,270 of 2,786 (T, eps) schedules in
-    the last bit, an np/jnp.linspace cast to float32 others again).
-    """
-    n, end = steps + 1, f32(eps)
-    if n == 1:
-        return [1.0]
-    h = f32(f32(end - 1.0) / steps)  # float32 step (the division of two float32 values: exact in float64, then rounded)
-    return [fma32(h, float(i), 1.0) if i < n // 2 else fma32(-h, float(n - 1 - i), end) for i in range(n)]
 
 
 def step_ratios(steps: int, eps: float = 1e-3) -> Tensor:
