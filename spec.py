@@ -14,12 +14,12 @@ stated tolerances. One denoising step, on the block of n masked positions of N r
     guide: M steps of Adam on the reward R(e_hat) -> phi_g (guided logits)
     q_g   = filter(softmax(phi_g / tau)); x ~ q_g;  c = confidence(r, x);  fill the n_fill largest c
 
-filter (top-p then top-k, one ascending sort s of the row q with total Z = sum q, C_j = s_0 + ...
+filter (top-p then top-k, one ascending sort s of the row p with total Z = sum p, C_j = s_0 + ...
 + s_j in float64): top-p's threshold v_p = s_j at the first j with fl64(Z - C_j) <= fl64(top_p * Z)
-(Z - C_j = the mass above s_j); top-k's v_k = s_{V-k}; q_j is kept iff q_j >= max(v_p, v_k),
+(Z - C_j = the mass above s_j); top-k's v_k = s_{V-k}; p_j is kept iff p_j >= max(v_p, v_k),
 else set to 0. Not renormalised. Tied values are kept or dropped together.
 
-draw(q, u): the first j with C_j > fl32(u * C_last), C the float32 cumulative sums of q in index
+draw(q, u): the first j with C_j > fl32(u * C_last), C the float32 cumulative sums of the weights q in index
 order. Schedule: t_i = Dream's torch.linspace(1, eps, T + 1) in float32 (`timesteps`);
 n_fill(i) = int(fl32(n * fl32(1 - fl32(t_{i+1} / t_i)))), every remaining mask at i = T - 1.
 Ties: the fill takes equal confidences lowest position first; argmax takes the lowest id.
@@ -73,26 +73,26 @@ def relaxations(phi: Tensor, E: Tensor, x: Tensor, method: str, tau: float) -> T
     return soft + (w.unsqueeze(-1).to(soft.dtype) * (hard - soft)).detach()
 
 
-def filter_probs(q: Tensor, top_p: float | None, top_k: int | None) -> Tensor:
+def filter_probs(probs: Tensor, top_p: float | None, top_k: int | None) -> Tensor:
     """Top-p then top-k by one ascending sort; zeros outside, not renormalised. (R, V) -> (R, V)."""
-    q = q.float()  # (R, V)
-    s = torch.sort(q, dim=-1).values  # (R, V) ascending
-    threshold = torch.zeros_like(q[:, :1])  # (R, 1)
+    probs = probs.float()  # (R, V)
+    s = torch.sort(probs, dim=-1).values  # (R, V) ascending
+    threshold = torch.zeros_like(probs[:, :1])  # (R, 1)
     if top_p is not None and top_p < 1:
         C = s.double().cumsum(-1)  # (R, V) float64
         Z = C[:, -1:]  # (R, 1)
         first = ((Z - C) > top_p * Z).sum(-1, keepdim=True)  # (R, 1) first j with Z - C_j <= top_p Z
         threshold = s.gather(-1, first)
-    if top_k is not None and top_k < q.shape[-1]:
-        threshold = torch.maximum(threshold, s[:, q.shape[-1] - top_k:][:, :1])  # v_k = the k-th largest
-    return torch.where(q >= threshold, q, 0.0)
+    if top_k is not None and top_k < probs.shape[-1]:
+        threshold = torch.maximum(threshold, s[:, probs.shape[-1] - top_k:][:, :1])  # v_k = the k-th largest
+    return torch.where(probs >= threshold, probs, 0.0)
 
 
-def draw(q: Tensor, u: Tensor) -> Tensor:
-    """Inverse CDF: the first j with C_j > u * C_last (float32). q (..., V), u (...) -> (...) long."""
-    C = q.float().cumsum(-1)  # (..., V)
+def draw(weights: Tensor, u: Tensor) -> Tensor:
+    """Inverse CDF: the first j with C_j > u * C_last (float32). weights (..., V), u (...) -> (...) long."""
+    C = weights.float().cumsum(-1)  # (..., V)
     below = C <= (u.unsqueeze(-1) * C[..., -1:])  # (..., V) entries not yet past u's mass
-    return below.sum(-1).clamp(max=q.shape[-1] - 1)
+    return below.sum(-1).clamp(max=weights.shape[-1] - 1)
 
 
 def argmax_lowest(values: Tensor) -> Tensor:
@@ -125,9 +125,9 @@ def guide(phi: Tensor, masked: Tensor, tokens: Tensor, E: Tensor, reward, *, met
     return phi.detach()
 
 
-def filter_last(q: Tensor, top_p, top_k) -> Tensor:
+def filter_last(probs: Tensor, top_p, top_k) -> Tensor:
     """filter_probs over the last dim of any shape. (..., V) -> (..., V)."""
-    return filter_probs(q.reshape(-1, q.shape[-1]), top_p, top_k).reshape(q.shape)
+    return filter_probs(probs.reshape(-1, probs.shape[-1]), top_p, top_k).reshape(probs.shape)
 
 
 # ---------------------------------------------------------------- the schedule (float32, written out)
