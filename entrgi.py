@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from rng import CounterRNG
+from rng import UniformSource
 
 METHODS = ("entrgi", "aps", "expectation")
 
@@ -167,11 +167,15 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     pattern). Each of three passes (RADIX_DIGITS) sums the row's mass into 2^b bins by the next
     b bits, with one bin below and one above the current candidate range, and keeps the lowest
     bin whose mass above it is <= top_p * T; after the last pass a bin is one value: v*.
-    Exactness: the bins are float32 sums (the cumulative sums over them float64), so the set
-    is exactly the definition's whenever the partial sums are exact (e.g. dyadic
-    probabilities); otherwise it differs from it only for tokens whose S lies within float32
-    summation rounding of top_p * T, as a sorted float32 cumulative sum (Dream's, the
-    authors') does.
+    Rounding rule (both paths, `first_kept`): with C the cumulative masses in ascending order
+    of probability, accumulated in float64, and T = C_last, the threshold is the smallest q_j
+    with fl64(T - C_j) <= fl64(top_p * T). The sorted path sums the float32 probabilities
+    in float64; the radix path sums each bin in float32 first (the masses below and above its
+    candidate range carried in float64 from pass to pass). So the two paths (and spec.py)
+    give the same set whenever those sums are exact (e.g. dyadic probabilities, exact
+    boundaries included: `test_filter_exact_boundary_dyadic`); otherwise they differ only for
+    tokens whose S lies within float32 summation rounding of top_p * T, as a sorted float32
+    cumulative sum (Dream's, the authors') does.
     """
     probs = probs.float()  # (..., V)
     V = probs.shape[-1]
@@ -198,16 +202,29 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
 def _sorted_top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor | None = None) -> Tensor:
     """v* as `_top_p_threshold` defines it, by one ascending sort: O(V log V), for small V. (R, V) -> (R, 1).
 
-    With s the ascending probabilities and C their cumulative sums (float32, as Dream's and
-    the authors' sorted cumulative sums), the mass strictly above s_j's tie group is
-    T - C_last(group) <= top_p T iff C_last >= (1 - top_p) T, so v* = s_j at the first j with
-    C_j >= (1 - top_p) T (the rest of j's tie group has C at least as large). The int32 bit
+    With s the ascending probabilities and C their cumulative sums (float64), the mass strictly
+    above s_j's tie group is T - C_last(group), so v* = s_j at the first j with T - C_j <=
+    top_p T (`first_kept`; the rest of j's tie group passes too, having C at least as large). The int32 bit
     patterns sort like the probabilities and faster. `scratch` is unused (the same signature).
     """
     ascending = torch.sort(rows.view(torch.int32), dim=-1).values.view(torch.float32)  # (R, V)
-    cdf = ascending.cumsum(-1)  # (R, V)
-    first = torch.searchsorted(cdf, cdf[:, -1:] * (1.0 - top_p)).clamp(max=rows.shape[-1] - 1)  # (R, 1)
+    cdf = ascending.cumsum(-1, dtype=torch.float64)  # (R, V) C, float64 as the radix path's
+    first = first_kept(cdf, top_p)  # (R, 1)
     return ascending.gather(-1, first)  # (R, 1)
+
+
+def first_kept(cdf: Tensor, top_p: float) -> Tensor:
+    """Top-p's one rounding rule: the first j with fl64(T - C_j) <= fl64(top_p * T). (R, J) float64 -> (R, 1) long.
+
+    cdf: C, the float64 cumulative masses in ascending order of probability (T = C_last);
+    T - C_j is the mass above entry j. Both the sorted path and every radix pass decide with
+    this one comparison, in float64, top_p a Python float (float64). (The radix path's C sums
+    each bin in float32 -- values sharing their top bits -- and the bins in float64, the masses
+    below and above its candidate range carried in float64 from the pass before.) The count of entries
+    failing it is the first passing index (T - C is non-increasing: C is).
+    """
+    total = cdf[:, -1:]  # (R, 1) T
+    return ((total - cdf) > top_p * total).sum(-1, keepdim=True)  # (R, 1)
 
 
 def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
@@ -221,8 +238,8 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
     and sums the entries' mass per bin (index_add_ into one (R * (2^b + 2),) vector: int32
     indices, no int64 copy of the block). With C the cumulative mass over the bins in
     ascending order (float64) and T = C_last, the mass strictly above bin j is T - C_j, so the
-    lowest bin that can hold a kept token is the first j with C_j >= T - top_p * T (binary
-    search; C is non-decreasing). Bins below it hold only dropped tokens and bins above it
+    lowest bin that can hold a kept token is the first j with T - C_j <= top_p * T
+    (`first_kept`, the sorted path's rule). Bins below it hold only dropped tokens and bins above it
     only kept ones (the bin right below it has mass above > top_p T, so the chosen bin is not
     empty). The first pass has no range yet: every entry falls inside. `scratch` (R, V)
     int32 is overwritten.
@@ -233,6 +250,7 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
     row = torch.arange(R, dtype=torch.int32, device=rows.device).unsqueeze(-1)  # (R, 1)
     prefix = torch.zeros(R, 1, dtype=torch.int32, device=rows.device)  # (R, 1)
     known = 0  # bits of v* found so far, from bit 30 down
+    below = above = torch.zeros(R, 1, dtype=torch.float64, device=rows.device)  # (R, 1) masses outside the range
     for width in RADIX_DIGITS:
         shift = 31 - known - width
         bins = (1 << width) + 2
@@ -248,21 +266,25 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
                 scratch.bitwise_right_shift_(shift)  # (R, V) in [0, 2^b + 1]
             scratch.add_(row * bins)  # (R, V) flat bin index
         mass = torch.zeros(R * bins, device=rows.device).index_add_(0, scratch.view(-1), values)  # (R * bins,)
-        cdf = mass.view(R, bins).cumsum(-1, dtype=torch.float64)  # (R, bins) C, ascending bins
-        total = cdf[:, -1:]  # (R, 1) T
-        first = torch.searchsorted(cdf, total - top_p * total)  # (R, 1) first j with C_j >= (1 - top_p) T
-        digit = first.clamp(1, bins - 2).to(torch.int32) - 1  # (R, 1) (clamped: rounding across passes)
+        mass = mass.view(R, bins).double()  # (R, bins) float64
+        if known:  # the masses below and above the range: the previous pass's float64 sums, not re-summed in float32
+            mass[:, :1], mass[:, -1:] = below, above
+        cdf = mass.cumsum(-1)  # (R, bins) C, ascending bins, float64
+        first = first_kept(cdf, top_p)  # (R, 1) first j with T - C_j <= top_p T (float64)
+        chosen = first.clamp(1, bins - 2)  # (R, 1) the bin holding v* (clamped: rounding across passes)
+        below, above = cdf.gather(-1, chosen - 1), cdf[:, -1:] - cdf.gather(-1, chosen)  # (R, 1), (R, 1) float64
+        digit = chosen.to(torch.int32) - 1  # (R, 1)
         prefix = (prefix << width) + digit  # (R, 1)
         known += width
     return prefix.view(torch.float32)  # (R, 1) v*
 
 
-def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG | None" = None,
+def sample_categorical(probs: Tensor, generator: "torch.Generator | UniformSource | None" = None,
                        overwrite: bool = False) -> Tensor:
     """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
-    Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs, the draw is the first
-    i with C_i > u * C_V, so i is picked with probability probs_i / C_V (never one of
+    Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs (float32, in index order),
+    the draw is the first i with C_i > u * C_V (the product in float32), so i is picked with probability probs_i / C_V (never one of
     probability 0). One uniform per row instead of one random number per vocabulary entry
     (a Gumbel/exponential race), and any leading shape (unlike `torch.multinomial`).
     overwrite=True: a float32 `probs` is overwritten by C (the caller's scratch: no fresh
@@ -270,17 +292,36 @@ def sample_categorical(probs: Tensor, generator: "torch.Generator | CounterRNG |
     """
     probs = probs.float()  # (..., V)
     cdf = torch.cumsum(probs, -1, out=probs) if overwrite else probs.cumsum(-1)  # (..., V)
-    u = uniform(cdf.shape[:-1] + (1,), generator, cdf.device)  # (..., 1)
+    u = uniform(cdf.shape[:-1], generator, cdf.device).unsqueeze(-1)  # (..., 1) one uniform per row: draw shape (...)
     index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (..., 1)
     return index.clamp(max=cdf.shape[-1] - 1).squeeze(-1)  # (...)
 
 
-def uniform(shape: tuple[int, ...], generator: "torch.Generator | CounterRNG | None",
+def uniform(shape: tuple[int, ...], generator: "torch.Generator | UniformSource | None",
             device: torch.device | str | None = None) -> Tensor:
-    """U[0, 1) float32 of `shape`: torch.rand for a torch.Generator (or None), per-prompt streams for a CounterRNG."""
-    if isinstance(generator, CounterRNG):
-        return generator.uniform(tuple(shape), device)
-    return torch.rand(shape, generator=generator, device=device)
+    """U[0, 1) float32 of `shape`: THE one place where every random number of the project is drawn.
+
+    A torch.Generator (or None): torch.rand. Any other object is a `rng.UniformSource`: its
+    `uniform(shape, device)` supplies the numbers -- `rng.CounterRNG` (per-prompt streams, run.py)
+    or `rng.GivenUniforms` (numbers given in advance: tests and ports). Passing such an object as
+    the `generator` of `guide` / `sampler.generate` is the injection point; docs/draws.md lists
+    the order and shapes of the draws one step and one generation make.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=device)
+    return generator.uniform(tuple(shape), device)
+
+
+def argmax_lowest(values: Tensor) -> Tensor:
+    """Index of the largest entry over the last dim; a tie takes the LOWEST index. (..., V) -> (...) long.
+
+    The exactness rule for every argmax of the project (greedy draws; R's end-of-response
+    token under guidance). torch.argmax specifies it ("If there are multiple maximal values
+    then the indices of the first maximal value are returned", torch.argmax's documentation,
+    CPU and CUDA alike); -0.0 and +0.0 are equal there; a NaN counts as the largest (the first
+    NaN is returned), which the sampler then reports as a broken distribution.
+    """
+    return values.argmax(-1)
 
 
 def guide(
@@ -296,7 +337,7 @@ def guide(
     temperature: float,
     top_p: float | None = 0.95,
     top_k: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: "torch.Generator | UniformSource | None" = None,
     first_probs: Tensor | None = None,
     first_weight: Tensor | None = None,
 ) -> Tensor:
@@ -342,7 +383,7 @@ def guide(
                     hard_tokens = sample_categorical(q_filtered, generator, overwrite=own)  # (B, L)
                     del q_filtered
                 del q_tau  # free (B, L, V) before the reward pass
-                guided_tokens = torch.where(masked, phi.argmax(-1), tokens)  # (B, L)
+                guided_tokens = torch.where(masked, argmax_lowest(phi), tokens)  # (B, L) ties: lowest id
             weight = first_weight if step == 0 else None  # entropy_weight(logits), if the caller has it
             guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, soft, weight)  # (B, L, d)
             embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)

@@ -6,7 +6,8 @@ receives depends on which prompts come before it. Here every prompt has its own 
 key, and every number is a hash of (key, draw counter, index within the prompt's block),
 so a prompt's numbers do not depend on B, on its neighbours, or on how prompts are
 sharded over processes (the idea of counter-based generators: Salmon et al., "Parallel
-random numbers: as easy as 1, 2, 3", SC 2011). Used through `entrgi.uniform`.
+random numbers: as easy as 1, 2, 3", SC 2011). Used through `entrgi.uniform`, the one place
+where the project draws random numbers.
 
     key_b    = blake2b-64(f"{seed}\\0{prompt id}")                          host, once per prompt
     stream_b = splitmix64(key_b + c * G)                                   c = 1, 2, ... the draw counter
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -92,3 +94,42 @@ class CounterRNG:
         index = torch.arange(1, block + 1, dtype=torch.int64, device=keys.device) * _GOLDEN  # (block,)
         bits = splitmix64(stream + index)  # (B, block)
         return (_shift_right(bits, 40).to(torch.float32) * 2.0**-24).reshape(shape)  # (N, ...) in [0, 1)
+
+
+class UniformSource(Protocol):
+    """What `entrgi.uniform` accepts besides a torch.Generator: the injection point of every random number.
+
+    uniform(shape, device) -> U[0, 1) float32 of exactly `shape`. `CounterRNG` (run.py's per-prompt
+    streams) and `GivenUniforms` (numbers given in advance) are the two in the project.
+    """
+
+    def uniform(self, shape: tuple[int, ...], device: torch.device | str | None = None) -> Tensor: ...
+
+
+class GivenUniforms:
+    """Uniforms supplied in advance, handed out in order: a test's or a port's control of every draw.
+
+    draws: one array per draw, in the order the project draws them (docs/draws.md: per step,
+    the M guide draws, then the token draw, then `origin`'s fill draw). Each must have exactly
+    the shape asked for and values in [0, 1) (float32). A draw asked for beyond the list, or of
+    another shape, raises ValueError naming the draw. `taken` counts the draws handed out and
+    `shapes` records their shapes, so a test can check a generation consumed all of them.
+    """
+
+    def __init__(self, draws: Sequence):
+        self.draws = [torch.as_tensor(d, dtype=torch.float32) for d in draws]
+        for n, u in enumerate(self.draws):
+            if not bool(((u >= 0) & (u < 1)).all()):
+                raise ValueError(f"given draw {n}: uniforms must lie in [0, 1)")
+        self.taken = 0
+        self.shapes: list[tuple[int, ...]] = []
+
+    def uniform(self, shape: tuple[int, ...], device: torch.device | str | None = None) -> Tensor:
+        n = self.taken
+        if n >= len(self.draws):
+            raise ValueError(f"draw {n} of shape {tuple(shape)} asked for, but only {len(self.draws)} draws were given")
+        if tuple(self.draws[n].shape) != tuple(shape):
+            raise ValueError(f"draw {n}: shape {tuple(shape)} asked for, {tuple(self.draws[n].shape)} given")
+        self.taken += 1
+        self.shapes.append(tuple(shape))
+        return self.draws[n].to(device)

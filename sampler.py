@@ -44,6 +44,19 @@ number per step, the number of masks per row at every step is known on the host
 before sampling starts (`unmask_schedule`): each step works on a fixed-shape block of
 exactly the masked positions, with no host synchronisation in the loop.
 
+Random draws (docs/draws.md; all through `entrgi.uniform`, from the one `generator` argument:
+a torch.Generator, an rng.CounterRNG, or rng.GivenUniforms for uniforms given in advance).
+Per step, block (N, n) = the n positions the step works on, in increasing position:
+
+    1 .. M   guidance's hard tokens, one (N, n) draw per Adam step    (none: expectation, bon, M = 0)
+    M + 1    the token draw x ~ q, (N, n)                              (none: tau = 0, greedy)
+    M + 2    origin only: the fill draw, (N, L), fill iff u < 1 - s/t
+
+Exactness rules (each tested in tests/test_exactness.py): the fill takes the n_fill largest
+confidences, equal ones lowest position first (`fill_by_confidence`); argmax ties take the
+lowest token id (`entrgi.argmax_lowest`); the schedule is float32 arithmetic written out
+(`timesteps`, `step_ratios`, `unmask_schedule`).
+
 Denoisers are callables `denoise(input_ids (N, S), keep (N, S) bool, positions (N, n))
 -> logits (N, n, V)`, the logits predicting the tokens at `positions`. Adapters:
 `dream_denoiser` (Dream: full bidirectional attention, logits shifted right by one, so
@@ -58,14 +71,17 @@ Shapes:
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from typing import Callable
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from entrgi import METHODS, entropy_weight, filter_probs, guide, sample_categorical, tempered_softmax, uniform
+import entrgi
+from entrgi import METHODS, argmax_lowest, entropy_weight, filter_probs, guide, sample_categorical, tempered_softmax
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 TINIEST_TEMPERATURE = torch.finfo(torch.float32).tiny  # 1.18e-38: 1 / tau (guidance's gradient scale) is finite above it
@@ -171,14 +187,58 @@ class SamplingConfig:
 # --------------------------------------------------------------------------- schedule
 
 
+def f32(x: float) -> float:
+    """x rounded to the nearest float32 (ties to even), as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def fma32(a: float, b: float, c: float) -> float:
+    """a * b + c for float32 a, b, c, rounded ONCE to float32 (a fused multiply-add), exactly. Result > 0.
+
+    The exact value in rationals, then the nearest of the float32 candidates around its float64
+    rounding (ties to even): no double rounding. (The schedule's values are positive.)
+    """
+    product = a * b  # exact in float64 (two 24-bit significands)
+    total = product + c
+    if total - product == c and total - c == product:  # the float64 sum is exact: one rounding to float32 left
+        return f32(total)
+    exact = Fraction(a) * Fraction(b) + Fraction(c)
+    bits = struct.unpack("<i", struct.pack("<f", f32(float(exact))))[0]  # within one float32 step of the answer
+    candidates = [struct.unpack("<f", struct.pack("<i", n))[0] for n in (bits - 1, bits, bits + 1)]
+    return min(candidates, key=lambda v: (abs(Fraction(v) - exact), struct.unpack("<i", struct.pack("<f", v))[0] % 2))
+
+
+def timesteps(steps: int, eps: float = 1e-3) -> list[float]:
+    """Dream's timesteps torch.linspace(1, eps, steps + 1) in float32, computed without linspace. steps + 1 floats.
+
+    The rule torch's linspace follows (on CPU and CUDA: checked bitwise against torch.linspace by
+    `test_timesteps_equal_torch_linspace`), each operation in float32:
+
+        n = T + 1,  e = f32(eps),  h = fl32(fl32(e - 1) / T)          (the step, negative)
+        t_i = fma32(h, i, 1)              for i <  n // 2             (first half from the start)
+        t_i = fma32(-h, n - 1 - i, e)     for i >= n // 2             (second half from the end)
+
+    fma32(a, b, c) = a * b + c rounded once to float32 (torch's kernels compile to fused
+    multiply-adds; a separate product and sum changes 2,270 of 2,786 (T, eps) schedules in
+    the last bit, an np/jnp.linspace cast to float32 others again).
+    """
+    n, end = steps + 1, f32(eps)
+    if n == 1:
+        return [1.0]
+    h = f32(f32(end - 1.0) / steps)  # float32 step (the division of two float32 values: exact in float64, then rounded)
+    return [fma32(h, float(i), 1.0) if i < n // 2 else fma32(-h, float(n - 1 - i), end) for i in range(n)]
+
+
 def step_ratios(steps: int, eps: float = 1e-3) -> Tensor:
     """1 - s / t for t, s = timesteps[i], timesteps[i + 1], i = 0..steps-1. (T,) float32, on the host.
 
-    timesteps = linspace(1, eps, steps + 1) in float32, and the ratio in float32, exactly as
-    Dream's sampler computes them (`generation_utils.py`: torch tensors, default dtype).
+    Each in float32, exactly as Dream's sampler computes them (`generation_utils.py`: torch
+    tensors, default dtype):  ratio_i = fl32(1 - fl32(t_{i+1} / t_i)),  t = `timesteps`.
+    (One float32 operation at a time: computing it in float64 and rounding to float32 gives
+    the same bits for +, -, *, / of float32 values.)
     """
-    timesteps = torch.linspace(1, eps, steps + 1)  # (T + 1,) float32
-    return 1 - timesteps[1:] / timesteps[:-1]  # (T,) float32
+    t = timesteps(steps, eps)
+    return torch.tensor([f32(1.0 - f32(t[i + 1] / t[i])) for i in range(steps)], dtype=torch.float32)  # (T,)
 
 
 def origin_fill_probs(steps: int, eps: float = 1e-3) -> Tensor:
@@ -201,10 +261,10 @@ def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[in
     the product in float64 instead gives, e.g., 110 * 0.0636364 = 6.99999988 -> 6 where
     Dream's float32 product is 7.0 -> 7: L = 110, T = 11, eps = 0.3.)
     """
-    ratios = step_ratios(steps, eps)  # (T,) float32, host tensor: no device sync
+    ratios = step_ratios(steps, eps).tolist()  # T float32 values, on the host: no device sync
     n_masked, schedule = length, []
     for i in range(steps):
-        n_fill = n_masked if i == steps - 1 else int(torch.tensor(n_masked) * ratios[i])  # int64 * float32 -> float32
+        n_fill = n_masked if i == steps - 1 else int(f32(n_masked * ratios[i]))  # fl32(n * ratio), truncated
         schedule.append((n_masked, n_fill))
         n_masked -= n_fill
     return schedule
@@ -233,9 +293,11 @@ def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: 
 
 
 def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """x ~ q, or argmax q when tau = 0. (..., V) -> (...) long."""
+    """x ~ q (one uniform per row, `entrgi.sample_categorical`), or argmax q when tau = 0 (ties: lowest id; no draw).
+
+    (..., V) -> (...) long."""
     if temperature == 0:
-        return probs.argmax(-1)
+        return argmax_lowest(probs)
     return sample_categorical(probs, generator)
 
 
@@ -260,6 +322,20 @@ def confidence(probs: Tensor, tokens: Tensor | None, alg: str, normalised: bool 
     raise ValueError(f"no confidence for alg {alg!r}")
 
 
+def fill_by_confidence(score: Tensor, n_fill: int) -> Tensor:
+    """The n_fill entries of largest confidence per row; among equal confidences the LOWEST position first.
+
+    (N, n) -> (N, n) bool. The exactness rule of the fill: a descending sort that is stable
+    (torch.sort(stable=True) keeps equal values in their order: documented, CPU and CUDA), so
+    ties -- end-token draws at -inf under `eos_last`, equal values -- go to the lower positions
+    of the block (which are in increasing response position). -0.0 is made +0.0 first (a radix
+    sort could order the two zeros by their bits). Dream's sampler takes torch.topk, whose tie
+    order is unspecified (docs/departures.md).
+    """
+    order = torch.sort(score + 0.0, dim=-1, descending=True, stable=True).indices  # (N, n) -0.0 + 0.0 = +0.0
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order[:, :n_fill], True)  # (N, n)
+
+
 def masked_positions(masked: Tensor, n: int) -> Tensor:
     """Positions of the masks in each row, when every row has exactly n of them. (N, L) -> (N, n).
 
@@ -281,7 +357,7 @@ def generate(
     mask_id: int,
     eos_id: int | list[int] | None,
     guidance: Guidance | None = None,
-    generator: torch.Generator | None = None,
+    generator: "torch.Generator | entrgi.UniformSource | None" = None,
     on_step: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Generate K responses of L tokens for each of B left-padded prompts. Returns (B, K, L).
@@ -293,8 +369,9 @@ def generate(
     module docstring). `eos_id` is the end-of-response token id, or a list of them (Dream-
     Instruct ends with `<|im_end|>` and pads with `<|endoftext|>`): with `config.eos_last` a
     draw of any gets confidence -inf. `on_step(i, ids (N, S))` is called after each step.
-    All randomness comes from `generator`: a torch.Generator, or an `rng.CounterRNG`
-    with one stream per prompt (then a prompt's draws do not depend on its batch).
+    All randomness comes from `generator`: a torch.Generator, an `rng.CounterRNG`
+    with one stream per prompt (then a prompt's draws do not depend on its batch), or
+    `rng.GivenUniforms` (the draws given: docs/draws.md lists their order and shapes).
     Raises NonFiniteError, after the last step, if any drawn token had probability NaN or 0
     (a broken distribution: NaN logits, or guidance overflowing at a tiny temperature).
     """
@@ -341,15 +418,14 @@ def generate(
         tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
         healthy &= (guided_probs.gather(-1, tokens.unsqueeze(-1)) > 0).all()  # a NaN row fails: NaN > 0 is False
         if origin:
-            draw = uniform(block_masked.shape, generator, device)  # (N, n)
+            draw = entrgi.uniform(block_masked.shape, generator, device)  # (N, n) origin's fill draw
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
             if score is None:
                 score = confidence(guided_probs if reads == "drawn" else probs, tokens, config.alg)  # (N, n)
             if config.eos_last:
                 score = torch.where(torch.isin(tokens, end_ids), -math.inf, score)  # (N, n)
-            chosen = score.topk(schedule[i][1], dim=-1).indices  # (N, n_fill)
-            fill = torch.zeros_like(block_masked).scatter_(1, chosen, True)  # (N, n)
+            fill = fill_by_confidence(score, schedule[i][1])  # (N, n)
         placed = torch.where(fill, tokens, response.gather(1, positions))  # (N, n) others keep their token
         ids = torch.cat([ids[:, :P], response.scatter(1, positions, placed)], dim=1)  # (N, S)
         if on_step is not None:

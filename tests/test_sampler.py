@@ -666,6 +666,16 @@ def _run_recorded(cfg, seed: int, toy_seed: int):
     return records, steps
 
 
+def lowest_first(conf: torch.Tensor, n_fill: int) -> torch.Tensor:
+    """The fill rule written out in Python: per row, the n_fill positions of largest confidence, equal confidences
+    taken lowest position first (sorted by the key (-c, position)). (N, n) -> (N, n) bool."""
+    out = torch.zeros_like(conf, dtype=torch.bool)
+    for r, row in enumerate(conf.tolist()):
+        for j in sorted(range(len(row)), key=lambda j: (-row[j], j))[:n_fill]:
+            out[r, j] = True
+    return out
+
+
 def _reference_choices(cfg, records, steps):
     """Per step: the block's newly filled positions (N, n) bool, and the positions the definition fills when the
     confidence reads each of the three distributions (from the recorded logits; the draws replayed from the
@@ -688,7 +698,7 @@ def _reference_choices(cfg, records, steps):
         for name, r in [("unfiltered", unfiltered), ("drawn", drawn / drawn.sum(-1, keepdim=True)),
                         ("unguided", unguided / unguided.sum(-1, keepdim=True))]:
             conf = direct_confidence(r, tokens, cfg.alg)  # (N, n)
-            choices[name] = torch.zeros_like(new).scatter_(1, conf.topk(n_fill, dim=-1).indices, True)
+            choices[name] = lowest_first(conf, n_fill)
         out.append((new, choices))
         prev = ids[:, P:]
     return out
