@@ -4,18 +4,21 @@ Implements the guidance step of Tejaswi et al., "EntRGi: Entropy-aware Reward Gu
 for diffusion language models" (arXiv 2602.05000), as the authors' released code runs it
 (a fresh Adam per denoising step, the hard token re-drawn at every Adam step). Pure tensor
 functions: models come in as callables, randomness as an explicit `torch.Generator` (or
-an `rng.CounterRNG`, one stream per prompt).
+an `rng.UniformSource`: `rng.CounterRNG`, one stream per prompt; `rng.GivenUniforms`).
+spec.py is the plain reference of the same math; this module is the fast path (see "Where
+the speed comes from" below), held equal to it by tests/test_spec.py.
 
 At one denoising step the denoiser gives logits phi at the masked positions. A reward
 model R reads input embeddings, so phi is turned into embeddings through its embedding
 matrix E (rows in the denoiser's vocabulary) and nudged by gradient ascent on R:
 
-    q       = softmax(phi)                                  model distribution
-    H(q)    = -sum_i q_i log q_i                            entropy in nats, 0 <= H <= log V
-    w       = H(q) / log V                                  entropy weight in [0, 1], no gradient
-    soft    = softmax(phi / tau) @ E                        continuous relaxation  (e~)
-    x       ~ Categorical(filter(softmax(phi / tau)))       top-p / top-k kept, renormalised
-    filter: keep j iff sum_{i : q_i > q_j} q_i <= top_p * sum_i q_i, then q_j >= the k-th largest
+    w       = H(softmax(phi)) / log V                       entropy weight in [0, 1]: no temperature, no gradient
+              H(pi) = -sum_i pi_i log pi_i                  entropy in nats, 0 <= H <= log V
+    p       = softmax(phi / tau)                            tempered distribution
+    soft    = p @ E                                         continuous relaxation  (e~)
+    x       ~ filter(p)                                     inverse CDF on the kept weights (not renormalised:
+                                                            the draw divides by their total itself)
+    filter: p_j kept iff sum_{i : p_i > p_j} p_i <= top_p * sum_i p_i, then iff p_j >= the k-th largest; else 0
     hard    = E[x]                                          real token embedding   (e-)
     e_hat   = soft + sg(w * (hard - soft))                  EntRGi input            (e^)
 
@@ -26,6 +29,15 @@ and w = 0 ("expectation", the continuous relaxation: R reads soft).
 
 `guide` runs `steps` (M) steps of a fresh Adam(lr = eta) on phi maximising the summed
 reward, re-drawing x at every step, and returns the optimised logits.
+
+Where the speed comes from (the fast path's tricks, all here; spec.py has none of them):
+    tempered_softmax   softmax written over its own shifted copy (one (..., V) block, not two)
+    soft_embedding     activation checkpoint: p is recomputed in the backward, not kept through R
+    filter_probs       top-p by radix select on the float bits at V >= SORT_BELOW (no sort),
+                       the kept set written with a sign-bit shift into the output's own memory
+    sample_categorical the cumulative sum may overwrite the caller's scratch block
+    guide              `_hard_tokens` reuses the caller's first draw weights and frees each (..., V)
+                       block before the reward pass; torch's fused Adam (one kernel per step)
 
 Shapes:
     B  rows (prompts x trajectories)     L  positions      V  vocabulary      d  embedding
@@ -89,20 +101,20 @@ def tempered_softmax(logits: Tensor, temperature: float) -> Tensor:
 
 
 def soft_embedding(logits: Tensor, embed_matrix: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The continuous relaxation soft = softmax(logits / tau) @ E, and q_tau = softmax(logits / tau).
+    """The continuous relaxation soft = p @ E, and p = softmax(logits / tau).
 
     logits (..., V), embed_matrix (V, d) -> soft (..., d) in embed_matrix's dtype, differentiable
-    in logits; q_tau (..., V) float32, detached (guide draws its hard tokens from it).
+    in logits; p (..., V) float32, detached (guide draws its hard tokens from filter(p)).
     Activation-checkpointed: autograd keeps only the logits for the backward and recomputes
-    q_tau there, so no (..., V) tensor waits through the reward model's forward and backward.
+    p there, so no (..., V) tensor waits through the reward model's forward and backward.
     """
 
     def relax(logits: Tensor) -> tuple[Tensor, Tensor]:
-        q_tau = tempered_softmax(logits, temperature)  # (..., V)
-        return q_tau.to(embed_matrix.dtype) @ embed_matrix, q_tau  # (..., d), (..., V)
+        p = tempered_softmax(logits, temperature)  # (..., V)
+        return p.to(embed_matrix.dtype) @ embed_matrix, p  # (..., d), (..., V)
 
-    soft, q_tau = checkpoint(relax, logits, use_reentrant=False, preserve_rng_state=False)
-    return soft, q_tau.detach()
+    soft, p = checkpoint(relax, logits, use_reentrant=False, preserve_rng_state=False)
+    return soft, p.detach()
 
 
 def reward_inputs(
@@ -149,10 +161,10 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     """Zero every probability outside the top-p nucleus, then outside the top-k. (..., V) -> (..., V) float32.
 
     Dream's order: top-p on the full distribution first, then top-k. The result is not
-    renormalised (`sample_categorical` does not need it). With T = sum_i q_i the row's total:
+    renormalised (`sample_categorical` does not need it). With Z = sum_i p_i the row's total:
 
-        top-p keeps j  iff  S(q_j) = sum_{i : q_i > q_j} q_i  <=  top_p * T
-        top-k keeps j  iff  q_j >= the k-th largest q (counted with multiplicity)
+        top-p keeps j  iff  S(p_j) = sum_{i : p_i > p_j} p_i  <=  top_p * Z
+        top-k keeps j  iff  p_j >= the k-th largest p (counted with multiplicity)
 
     The token whose mass crosses top_p is kept (as in Dream's sampler and the authors' code:
     the mass ranked before a kept token is <= top_p), and so is the most probable token
@@ -162,19 +174,19 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     >= V are no-ops. probs must be finite and >= 0 (+0.0, as softmax gives); any scale.
 
     Top-p in O(V) per row, without a sort (at V >= SORT_BELOW; a sort below, where it is faster
-    than the histograms): the threshold v* = min{q_j : S(q_j) <= top_p T} is
+    than the histograms): the threshold v* = min{p_j : S(p_j) <= top_p Z} is
     found by radix select on the float bits (non-negative float32 orders like its int32 bit
     pattern). Each of three passes (RADIX_DIGITS) sums the row's mass into 2^b bins by the next
     b bits, with one bin below and one above the current candidate range, and keeps the lowest
-    bin whose mass above it is <= top_p * T; after the last pass a bin is one value: v*.
+    bin whose mass above it is <= top_p * Z; after the last pass a bin is one value: v*.
     Rounding rule (both paths, `first_kept`): with C the cumulative masses in ascending order
-    of probability, accumulated in float64, and T = C_last, the threshold is the smallest q_j
-    with fl64(T - C_j) <= fl64(top_p * T). The sorted path sums the float32 probabilities
+    of probability, accumulated in float64, and Z = C_last, the threshold is the smallest p_j
+    with fl64(Z - C_j) <= fl64(top_p * Z). The sorted path sums the float32 probabilities
     in float64; the radix path sums each bin in float32 first (the masses below and above its
     candidate range carried in float64 from pass to pass). So the two paths (and spec.py)
     give the same set whenever those sums are exact (e.g. dyadic probabilities, exact
     boundaries included: `test_filter_exact_boundary_dyadic`); otherwise they differ only for
-    tokens whose S lies within float32 summation rounding of top_p * T, as a sorted float32
+    tokens whose S lies within float32 summation rounding of top_p * Z, as a sorted float32
     cumulative sum (Dream's, the authors') does.
     """
     probs = probs.float()  # (..., V)
@@ -191,11 +203,11 @@ def filter_probs(probs: Tensor, top_p: float | None = None, top_k: int | None = 
     if use_k:
         kth = torch.topk(rows, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (R, 1)
         threshold = torch.maximum(threshold, kth)  # (R, 1)
-    # where(q >= v*, q, 0) on the bits, in out's own memory (no (R, V) bool block to fault in):
-    # (bits(v*) - 1 - bits(q)) >> 31 is all ones iff q >= v* (no overflow: both in [0, 2^31)), else 0.
+    # where(p >= v*, p, 0) on the bits, in out's own memory (no (R, V) bool block to fault in):
+    # (bits(v*) - 1 - bits(p)) >> 31 is all ones iff p >= v* (no overflow: both in [0, 2^31)), else 0.
     bits, kept = rows.view(torch.int32), out.view(torch.int32)  # (R, V), (R, V)
     torch.sub(threshold.view(torch.int32) - 1, bits, out=kept)  # (R, V) < 0 iff kept
-    kept.bitwise_right_shift_(31).bitwise_and_(bits)  # (R, V) bits(q) where kept, +0.0 elsewhere
+    kept.bitwise_right_shift_(31).bitwise_and_(bits)  # (R, V) bits(p) where kept, +0.0 elsewhere
     return out.view(probs.shape)  # (..., V)
 
 
@@ -203,8 +215,8 @@ def _sorted_top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor | None =
     """v* as `_top_p_threshold` defines it, by one ascending sort: O(V log V), for small V. (R, V) -> (R, 1).
 
     With s the ascending probabilities and C their cumulative sums (float64), the mass strictly
-    above s_j's tie group is T - C_last(group), so v* = s_j at the first j with T - C_j <=
-    top_p T (`first_kept`; the rest of j's tie group passes too, having C at least as large). The int32 bit
+    above s_j's tie group is Z - C_last(group), so v* = s_j at the first j with Z - C_j <=
+    top_p Z (`first_kept`; the rest of j's tie group passes too, having C at least as large). The int32 bit
     patterns sort like the probabilities and faster. `scratch` is unused (the same signature).
     """
     ascending = torch.sort(rows.view(torch.int32), dim=-1).values.view(torch.float32)  # (R, V)
@@ -214,21 +226,21 @@ def _sorted_top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor | None =
 
 
 def first_kept(cdf: Tensor, top_p: float) -> Tensor:
-    """Top-p's one rounding rule: the first j with fl64(T - C_j) <= fl64(top_p * T). (R, J) float64 -> (R, 1) long.
+    """Top-p's one rounding rule: the first j with fl64(Z - C_j) <= fl64(top_p * Z). (R, J) float64 -> (R, 1) long.
 
-    cdf: C, the float64 cumulative masses in ascending order of probability (T = C_last);
-    T - C_j is the mass above entry j. Both the sorted path and every radix pass decide with
+    cdf: C, the float64 cumulative masses in ascending order of probability (Z = C_last);
+    Z - C_j is the mass above entry j. Both the sorted path and every radix pass decide with
     this one comparison, in float64, top_p a Python float (float64). (The radix path's C sums
     each bin in float32 -- values sharing their top bits -- and the bins in float64, the masses
     below and above its candidate range carried in float64 from the pass before.) The count of entries
-    failing it is the first passing index (T - C is non-increasing: C is).
+    failing it is the first passing index (Z - C is non-increasing: C is).
     """
-    total = cdf[:, -1:]  # (R, 1) T
+    total = cdf[:, -1:]  # (R, 1) Z
     return ((total - cdf) > top_p * total).sum(-1, keepdim=True)  # (R, 1)
 
 
 def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
-    """v* = the smallest q_j with sum_{i : q_i > q_j} q_i <= top_p * sum_i q_i, per row. (R, V) -> (R, 1).
+    """v* = the smallest p_j with sum_{i : p_i > p_j} p_i <= top_p * sum_i p_i, per row. (R, V) -> (R, 1).
 
     Radix select over RADIX_DIGITS. `prefix` holds the bits of v* found so far. A pass with
     b-bit digits and `shift` bits below them maps each entry's bits x to a bin
@@ -237,10 +249,10 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
         2^b + 1               if x is above it
     and sums the entries' mass per bin (index_add_ into one (R * (2^b + 2),) vector: int32
     indices, no int64 copy of the block). With C the cumulative mass over the bins in
-    ascending order (float64) and T = C_last, the mass strictly above bin j is T - C_j, so the
-    lowest bin that can hold a kept token is the first j with T - C_j <= top_p * T
+    ascending order (float64) and Z = C_last, the mass strictly above bin j is Z - C_j, so the
+    lowest bin that can hold a kept token is the first j with Z - C_j <= top_p * Z
     (`first_kept`, the sorted path's rule). Bins below it hold only dropped tokens and bins above it
-    only kept ones (the bin right below it has mass above > top_p T, so the chosen bin is not
+    only kept ones (the bin right below it has mass above > top_p Z, so the chosen bin is not
     empty). The first pass has no range yet: every entry falls inside. `scratch` (R, V)
     int32 is overwritten.
     """
@@ -270,7 +282,7 @@ def _top_p_threshold(rows: Tensor, top_p: float, scratch: Tensor) -> Tensor:
         if known:  # the masses below and above the range: the previous pass's float64 sums, not re-summed in float32
             mass[:, :1], mass[:, -1:] = below, above
         cdf = mass.cumsum(-1)  # (R, bins) C, ascending bins, float64
-        first = first_kept(cdf, top_p)  # (R, 1) first j with T - C_j <= top_p T (float64)
+        first = first_kept(cdf, top_p)  # (R, 1) first j with Z - C_j <= top_p Z (float64)
         chosen = first.clamp(1, bins - 2)  # (R, 1) the bin holding v* (clamped: rounding across passes)
         below, above = cdf.gather(-1, chosen - 1), cdf[:, -1:] - cdf.gather(-1, chosen)  # (R, 1), (R, 1) float64
         digit = chosen.to(torch.int32) - 1  # (R, 1)
@@ -324,6 +336,19 @@ def argmax_lowest(values: Tensor) -> Tensor:
     return values.argmax(-1)
 
 
+def _hard_tokens(p: Tensor, first_probs: Tensor | None, top_p: float | None, top_k: int | None,
+                 generator) -> Tensor:
+    """x ~ filter(p), one uniform per row (fast path: no (..., V) block beyond the one filter_probs returns).
+
+    first_probs, if given (guide's first step), is filter(p) already computed by the caller: drawn from
+    as it is. A fresh filter_probs block is ours, so the draw's cumulative sum overwrites it.
+    (..., V) -> (...) long.
+    """
+    weights = first_probs if first_probs is not None else filter_probs(p, top_p, top_k)  # (..., V)
+    own = weights is not first_probs and weights is not p  # a fresh block (filter_probs returns p itself as a no-op)
+    return sample_categorical(weights, generator, overwrite=own)  # (...)
+
+
 def guide(
     logits: Tensor,
     masked: Tensor,
@@ -346,12 +371,12 @@ def guide(
     The guidance of the paper's algorithm, as the authors' code runs it. logits (B, L, V),
     masked (B, L) bool, tokens (B, L) long, embed_matrix (V, d). At every step, with phi the
     current logits:
-        x      ~ filter(softmax(phi / tau)), renormalised       re-drawn each step
+        x      ~ filter(softmax(phi / tau))                    re-drawn each step (inverse CDF, one uniform per row)
         embeds = where(masked, reward_inputs(phi, E, x, method, tau), E[tokens])
         tokens' = where(masked, argmax phi, tokens)             for R's EOS cut-off
         loss   = -sum_b reward_fn(embeds, tokens')_b ;  Adam step on phi
-    `first_probs` (B, L, V), if given, is the first step's draw distribution
-    filter(softmax(logits / tau)) as filter_probs returns it, already computed by the caller:
+    `first_probs` (B, L, V), if given, is the first step's draw weights
+    filter(softmax(logits / tau)) as filter_probs returns them, already computed by the caller:
     the first step draws from it instead of filtering the same logits again. `first_weight`
     (B, L), if given, is entropy_weight(logits), likewise computed by the caller (for its log).
     The Adam optimiser is created here, fresh, with learning rate `lr`. Positions where
@@ -372,22 +397,15 @@ def guide(
     is_masked = masked.unsqueeze(-1)  # (B, L, 1)
     with torch.enable_grad():
         for step in range(steps):
-            soft, q_tau = soft_embedding(phi, embed_matrix, temperature)  # (B, L, d), (B, L, V) the draw's q_tau
+            soft, p = soft_embedding(phi, embed_matrix, temperature)  # (B, L, d) e~, (B, L, V) p = softmax(phi / tau)
             with torch.no_grad():
-                if method == "expectation":
-                    hard_tokens = tokens  # unused by the relaxation: no draw needed
-                else:
-                    q_filtered = first_probs if step == 0 and first_probs is not None else filter_probs(
-                        q_tau, top_p, top_k)  # (B, L, V)
-                    own = q_filtered is not first_probs and q_filtered is not q_tau  # a fresh block, ours to overwrite
-                    hard_tokens = sample_categorical(q_filtered, generator, overwrite=own)  # (B, L)
-                    del q_filtered
-                del q_tau  # free (B, L, V) before the reward pass
-                guided_tokens = torch.where(masked, argmax_lowest(phi), tokens)  # (B, L) ties: lowest id
+                hard_tokens = tokens if method == "expectation" else _hard_tokens(
+                    p, first_probs if step == 0 else None, top_p, top_k, generator)  # (B, L) x ~ filter(p)
+                del p  # free (B, L, V) before the reward pass
+                read_tokens = torch.where(masked, argmax_lowest(phi), tokens)  # (B, L) for R's end-of-response cut-off
             weight = first_weight if step == 0 else None  # entropy_weight(logits), if the caller has it
-            guided_embeds = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, soft, weight)  # (B, L, d)
-            embeds = torch.where(is_masked, guided_embeds, fixed_embeds)  # (B, L, d)
-            loss = -reward_fn(embeds, guided_tokens).sum()
+            e_hat = reward_inputs(phi, embed_matrix, hard_tokens, method, temperature, soft, weight)  # (B, L, d)
+            loss = -reward_fn(torch.where(is_masked, e_hat, fixed_embeds), read_tokens).sum()
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # d loss / d phi only: R's weights get no .grad
             optimizer.step()
             phi.grad = None  # free (B, L, V) before the next step's reward pass

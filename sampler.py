@@ -9,28 +9,32 @@ and a token once placed never changes:
     n_fill(i) = floor(n_masked * (1 - s / t))    for i < T - 1;  n_fill(T - 1) = n_masked   (float32 product)
     phi       = denoiser logits at the masked positions, mask token at -inf
     phi_g     = guidance(phi)                    the guided logits (phi_g = phi without a hook, or with M = 0)
-    p         = softmax(phi / tau)               unguided, unfiltered;  tau = 0 means no scaling (greedy)
-    q         = filter(softmax(phi_g / tau))     filter = top-p / top-k, renormalised: the draw distribution
-                                                 (top-p keeps j iff the mass strictly above q_j is <= top_p:
-                                                 the token that crosses top_p is kept, ties go together)
-    x         ~ q                                argmax q when tau = 0
+    p         = softmax(phi / tau)               tempered, unfiltered, unguided;  tau = 0: softmax(phi) (greedy)
+    q         = filter(p)                        the unguided draw weights: top-p / top-k kept, the rest 0,
+                                                 NOT renormalised (top-p keeps j iff the mass strictly above
+                                                 q_j is <= top_p times the row's total: the token that
+                                                 crosses top_p is kept, ties go together)
+    q_g       = filter(softmax(phi_g / tau))     the guided draw weights (q_g = q unguided)
+    x         ~ q_g                              inverse CDF on the weights;  argmax q_g when tau = 0
     c         = confidence of each position      maskgit_plus: r(x);  topk_margin: r_(1) - r_(2);  entropy: -H(r)
     fill the n_fill masked positions of largest c; a draw of EOS gets c = -inf (EOS last: `eos_last`,
     from the authors' EntRGi code; Dream's sampler has no EOS rule).
 
-Which distribution r the confidence reads is `SamplingConfig.confidence`:
+r is the distribution the confidence reads, always summing to 1: p itself, or a draw weight
+renormalised, q / sum(q) or q_g / sum(q_g). Which one is `SamplingConfig.confidence`
+(CONFIDENCE_READS):
 
-    authors  (default)  entropy: r = p (unguided, unfiltered);  maskgit_plus, topk_margin: r = q
+    authors  (default)  entropy: r = p;  maskgit_plus, topk_margin: r = q_g / sum(q_g)
                         -- the authors' released EntRGi code, which produced the published numbers
-    filtered            every alg: r = q, the distribution the token is drawn from
+    filtered            every alg: r = q_g / sum(q_g), what the token is drawn from
                         -- Dream's sampler, and the authors' bon.py (their Best-of-N baseline)
-    unguided            every alg: r = filter(softmax(phi / tau)), renormalised (q of the unguided logits)
+    unguided            every alg: r = q / sum(q), the unguided logits' draw weights
 
-Without guidance (`bon`) q is the unguided filter(softmax(phi / tau)), so `filtered` and
-`unguided` coincide, and `authors` still reads p for `entropy`: `bon` uses exactly the
-confidence that guidance with M = 0 uses, so M = 0 reproduces `bon` bit for bit (the
-authors' bon.py instead reads q for `entropy`: `confidence="filtered"` reproduces it).
-p costs no extra pass over the vocabulary: it is the softmax that q's filter starts from.
+Without guidance (`bon`) q_g = q, so `filtered` and `unguided` coincide, and `authors` still
+reads p for `entropy`: `bon` uses exactly the confidence that guidance with M = 0 uses, so
+M = 0 reproduces `bon` bit for bit (the authors' bon.py instead reads q / sum(q) for
+`entropy`: `confidence="filtered"` reproduces it). p costs no extra pass over the
+vocabulary: it is the softmax that q's filter starts from.
 
 The mask token itself is never drawn: its logit is set to -inf (MDLM's zero masking
 probability). A drawn mask would leave its position masked, so the row would fall out of
@@ -71,9 +75,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -82,6 +84,7 @@ from torch import Tensor
 
 import entrgi
 from entrgi import METHODS, argmax_lowest, entropy_weight, filter_probs, guide, sample_categorical, tempered_softmax
+from spec import f32, timesteps  # the schedule's float32 arithmetic, written out once (spec.py)
 
 ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 TINIEST_TEMPERATURE = torch.finfo(torch.float32).tiny  # 1.18e-38: 1 / tau (guidance's gradient scale) is finite above it
@@ -91,21 +94,21 @@ class NonFiniteError(FloatingPointError):
     """A draw distribution was not a distribution (NaN or inf probabilities) at some denoising step."""
 CONFIDENCE_SOURCES = ("authors", "filtered", "unguided")
 CONFIDENCE_READS = {
-    # source -> alg -> the distribution the confidence reads (see the module docstring):
-    #   "unfiltered": softmax(phi / tau) of the unguided logits, no top-p / top-k
-    #   "drawn":      the filtered, renormalised distribution the token was drawn from (the guided one under guidance)
-    #   "unguided":   filter(softmax(phi / tau)) of the unguided logits, renormalised
-    "authors": {"entropy": "unfiltered", "maskgit_plus": "drawn", "topk_margin": "drawn"},
-    "filtered": {"entropy": "drawn", "maskgit_plus": "drawn", "topk_margin": "drawn"},
-    "unguided": {"entropy": "unguided", "maskgit_plus": "unguided", "topk_margin": "unguided"},
+    # confidence source -> alg -> r, the distribution the confidence reads, in the module docstring's notation:
+    #   "p":    softmax(phi / tau) of the unguided logits (tempered, unfiltered)
+    #   "q":    q / sum(q), q = filter(p): the unguided draw weights, renormalised
+    #   "q_g":  q_g / sum(q_g): the weights the token was drawn from (the guided ones under guidance), renormalised
+    "authors": {"entropy": "p", "maskgit_plus": "q_g", "topk_margin": "q_g"},
+    "filtered": {"entropy": "q_g", "maskgit_plus": "q_g", "topk_margin": "q_g"},
+    "unguided": {"entropy": "q", "maskgit_plus": "q", "topk_margin": "q"},
 }
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 Guidance = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 """guidance(logits (N, n, V), probs (N, n, V), masked (N, n) bool, positions (N, n), response (N, L)) -> (N, n, V).
 
-logits: the denoiser's, the mask token's at -inf. probs = token_probs(logits): the unguided
-sampling distribution, which the sampler has computed anyway."""
+logits: phi, the denoiser's, the mask token's at -inf. probs = token_probs(logits) = q: the
+unguided draw weights (not renormalised), which the sampler has computed anyway."""
 
 
 RELEASED = "the authors' released configuration (the paper's experimental setup)"
@@ -187,48 +190,6 @@ class SamplingConfig:
 # --------------------------------------------------------------------------- schedule
 
 
-def f32(x: float) -> float:
-    """x rounded to the nearest float32 (ties to even), as a Python float."""
-    return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def fma32(a: float, b: float, c: float) -> float:
-    """a * b + c for float32 a, b, c, rounded ONCE to float32 (a fused multiply-add), exactly. Result > 0.
-
-    The exact value in rationals, then the nearest of the float32 candidates around its float64
-    rounding (ties to even): no double rounding. (The schedule's values are positive.)
-    """
-    product = a * b  # exact in float64 (two 24-bit significands)
-    total = product + c
-    if total - product == c and total - c == product:  # the float64 sum is exact: one rounding to float32 left
-        return f32(total)
-    exact = Fraction(a) * Fraction(b) + Fraction(c)
-    bits = struct.unpack("<i", struct.pack("<f", f32(float(exact))))[0]  # within one float32 step of the answer
-    candidates = [struct.unpack("<f", struct.pack("<i", n))[0] for n in (bits - 1, bits, bits + 1)]
-    return min(candidates, key=lambda v: (abs(Fraction(v) - exact), struct.unpack("<i", struct.pack("<f", v))[0] % 2))
-
-
-def timesteps(steps: int, eps: float = 1e-3) -> list[float]:
-    """Dream's timesteps torch.linspace(1, eps, steps + 1) in float32, computed without linspace. steps + 1 floats.
-
-    The rule torch's linspace follows (on CPU and CUDA: checked bitwise against torch.linspace by
-    `test_timesteps_equal_torch_linspace`), each operation in float32:
-
-        n = T + 1,  e = f32(eps),  h = fl32(fl32(e - 1) / T)          (the step, negative)
-        t_i = fma32(h, i, 1)              for i <  n // 2             (first half from the start)
-        t_i = fma32(-h, n - 1 - i, e)     for i >= n // 2             (second half from the end)
-
-    fma32(a, b, c) = a * b + c rounded once to float32 (torch's kernels compile to fused
-    multiply-adds; a separate product and sum changes 2,270 of 2,786 (T, eps) schedules in
-    the last bit, an np/jnp.linspace cast to float32 others again).
-    """
-    n, end = steps + 1, f32(eps)
-    if n == 1:
-        return [1.0]
-    h = f32(f32(end - 1.0) / steps)  # float32 step (the division of two float32 values: exact in float64, then rounded)
-    return [fma32(h, float(i), 1.0) if i < n // 2 else fma32(-h, float(n - 1 - i), end) for i in range(n)]
-
-
 def step_ratios(steps: int, eps: float = 1e-3) -> Tensor:
     """1 - s / t for t, s = timesteps[i], timesteps[i + 1], i = 0..steps-1. (T,) float32, on the host.
 
@@ -275,7 +236,7 @@ def unmask_schedule(length: int, steps: int, eps: float = 1e-3) -> list[tuple[in
 
 def token_distributions(logits: Tensor, temperature: float, top_p: float | None,
                         top_k: int | None) -> tuple[Tensor, Tensor]:
-    """p = softmax(phi / tau) and filter(p): zeros outside the nucleus, not renormalised; tau = 0: no scaling.
+    """p = softmax(phi / tau) and q = filter(p): zeros outside the nucleus, not renormalised; tau = 0: no scaling.
 
     (..., V) -> (..., V), (..., V) float32. One softmax: the filter starts from p (and is p
     itself when top_p = 1 and top_k is off).
@@ -288,12 +249,13 @@ def token_distributions(logits: Tensor, temperature: float, top_p: float | None,
 
 
 def token_probs(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
-    """filter(softmax(phi / tau)), not renormalised: the distribution tokens are drawn from. (..., V) -> (..., V)."""
+    """q = filter(softmax(phi / tau)), not renormalised: the weights tokens are drawn from. (..., V) -> (..., V)."""
     return token_distributions(logits, temperature, top_p, top_k)[1]
 
 
 def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """x ~ q (one uniform per row, `entrgi.sample_categorical`), or argmax q when tau = 0 (ties: lowest id; no draw).
+    """x ~ the draw weights (one uniform per row, `entrgi.sample_categorical`), or their argmax when tau = 0
+    (ties: lowest id; no draw).
 
     (..., V) -> (...) long."""
     if temperature == 0:
@@ -303,22 +265,22 @@ def sample_tokens(probs: Tensor, temperature: float, generator: torch.Generator 
 
 def confidence(probs: Tensor, tokens: Tensor | None, alg: str, normalised: bool = False,
                overwrite: bool = False) -> Tensor:
-    """Dream's unmasking confidence of drawing `tokens` from r = probs / sum(probs). (..., V), (...) -> (...).
+    """Dream's unmasking confidence of drawing `tokens`, read from r = probs / sum(probs). (..., V), (...) -> (...).
 
     maskgit_plus: r(x);  topk_margin: r_(1) - r_(2);  entropy: -H(r) (`tokens` unused, may be None).
-    normalised=True: `probs` already sums to 1 (an unfiltered softmax), so it is read as it is.
-    overwrite=True: `probs` is the caller's scratch; entropy's q log q is written over it (same values).
+    normalised=True: `probs` already sums to 1 (p, an unfiltered softmax), so r = probs as it is.
+    overwrite=True: `probs` is the caller's scratch; entropy's r log r is written over it (same values).
     """
     if not normalised:
-        probs = probs / probs.sum(-1, keepdim=True)  # (..., V) renormalised after filtering
+        probs = probs / probs.sum(-1, keepdim=True)  # (..., V) r: the draw weights renormalised
     if alg == "maskgit_plus":
         return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if alg == "topk_margin":
         top2 = probs.topk(2, dim=-1).values  # (..., 2)
         return top2[..., 0] - top2[..., 1]
     if alg == "entropy":
-        q_log_q = torch.xlogy(probs, probs, out=probs) if overwrite else torch.xlogy(probs, probs)  # (..., V)
-        return q_log_q.sum(-1)  # -H(q); xlogy(q, q) = q log q, and 0 where q = 0
+        r_log_r = torch.xlogy(probs, probs, out=probs) if overwrite else torch.xlogy(probs, probs)  # (..., V)
+        return r_log_r.sum(-1)  # -H(r); xlogy(r, r) = r log r, and 0 where r = 0
     raise ValueError(f"no confidence for alg {alg!r}")
 
 
@@ -364,7 +326,7 @@ def generate(
 
     prompt_ids (B, P) long, prompt_keep (B, P) bool (False at left padding). `guidance`,
     if given, maps the denoiser's logits at the masked positions to guided logits at every
-    step, and tokens are drawn from filter(softmax(guided / tau)); the unmasking confidence
+    step, and tokens are drawn from q_g = filter(softmax(guided / tau)); the unmasking confidence
     reads the distribution `config.confidence` names for `config.alg` (CONFIDENCE_READS; the
     module docstring). `eos_id` is the end-of-response token id, or a list of them (Dream-
     Instruct ends with `<|im_end|>` and pads with `<|endoftext|>`): with `config.eos_last` a
@@ -404,25 +366,24 @@ def generate(
         block_masked = masked.gather(1, positions)  # (N, n)
         logits = denoise(ids, keep, positions + P)  # (N, n, V) in the denoiser's dtype: consumers upcast
         logits = logits.index_fill(-1, never_drawn, -math.inf)  # (N, n, V) a copy: the denoiser's output is its own
-        unfiltered, probs = token_distributions(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) x2
+        p, q = token_distributions(logits, config.temperature, config.top_p, config.top_k)  # (N, n, V) x2
         score = None  # (N, n) confidence, once known
-        if reads == "unfiltered":  # -H(softmax(phi / tau)) of the unguided logits, before guidance moves them
-            score = confidence(unfiltered, None, config.alg, normalised=True,
-                               overwrite=unfiltered is not probs)  # (N, n) unfiltered is dropped next
-        del unfiltered  # only the filtered copy (the draw's, and the hook's) lives on through guidance
-        guided_probs = probs  # (N, n, V)
+        if reads == "p":  # -H(p) of the unguided logits, before guidance moves them
+            score = confidence(p, None, config.alg, normalised=True, overwrite=p is not q)  # (N, n) p is dropped next
+        del p  # only q (the draw's, and the hook's) lives on through guidance
+        q_g = q  # (N, n, V) the draw weights: the guided ones under guidance
         if guidance is not None:
-            guided = guidance(logits, probs, block_masked, positions, response)  # (N, n, V)
+            guided = guidance(logits, q, block_masked, positions, response)  # (N, n, V) phi_g
             if guided is not logits:  # (M = 0 returns the logits themselves)
-                guided_probs = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
-        tokens = sample_tokens(guided_probs, config.temperature, generator)  # (N, n)
-        healthy &= (guided_probs.gather(-1, tokens.unsqueeze(-1)) > 0).all()  # a NaN row fails: NaN > 0 is False
+                q_g = token_probs(guided, config.temperature, config.top_p, config.top_k)  # (N, n, V)
+        tokens = sample_tokens(q_g, config.temperature, generator)  # (N, n) x
+        healthy &= (q_g.gather(-1, tokens.unsqueeze(-1)) > 0).all()  # a NaN row fails: NaN > 0 is False
         if origin:
             draw = entrgi.uniform(block_masked.shape, generator, device)  # (N, n) origin's fill draw
             fill = block_masked & (draw < fill_prob[i])  # (N, n)
         else:
             if score is None:
-                score = confidence(guided_probs if reads == "drawn" else probs, tokens, config.alg)  # (N, n)
+                score = confidence(q_g if reads == "q_g" else q, tokens, config.alg)  # (N, n) renormalised inside
             if config.eos_last:
                 score = torch.where(torch.isin(tokens, end_ids), -math.inf, score)  # (N, n)
             fill = fill_by_confidence(score, schedule[i][1])  # (N, n)

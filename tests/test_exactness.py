@@ -12,7 +12,7 @@
   table in docs/draws.md (order and shapes), all through the one injection point: replaying
   them with `rng.GivenUniforms` gives the same tokens bit for bit; the inverse-CDF rule;
   GivenUniforms refuses a wrong shape or a missing draw;
-* top-p's rounding rule, kept iff fl64(T - C_j) <= fl64(top_p * T), on both filter paths,
+* top-p's rounding rule, kept iff fl64(Z - C_j) <= fl64(top_p * Z), on both filter paths,
   against exact rationals, on rows whose values span 40 binary orders (float64 sums exact,
   float32 ones not) with exact and near boundaries.
 """
@@ -205,10 +205,10 @@ def test_given_uniforms_refuse_a_wrong_shape_or_a_missing_draw():
 
 
 def rule_keep(row: list[float], top_p: float) -> list[bool]:
-    """The stated rule in exact rationals: T = the row's sum (exact in float64 on these rows), q_j kept iff
-    the mass strictly above q_j (T - C of q_j's tie group) <= fl64(top_p * T)."""
+    """The stated rule in exact rationals: Z = the row's sum (exact in float64 on these rows), p_j kept iff
+    the mass strictly above p_j (Z - C of p_j's tie group) <= fl64(top_p * Z)."""
     total = sum(Fraction(q) for q in row)
-    bound = Fraction(top_p * float(total))  # fl64(top_p * T), T exact in float64 here
+    bound = Fraction(top_p * float(total))  # fl64(top_p * Z), Z exact in float64 here
     return [sum((Fraction(x) for x in row if x > q), Fraction(0)) <= bound for q in row]
 
 
@@ -223,7 +223,7 @@ def wide_rows(draw):
 @settings(max_examples=300, deadline=None)
 @given(row=wide_rows(), data=st.data())
 def test_top_p_rounding_rule_on_both_paths(row, data):
-    """Both top-p paths (sort, radix) keep exactly the rule's set, at the exact boundaries (top_p * T equal to
+    """Both top-p paths (sort, radix) keep exactly the rule's set, at the exact boundaries (top_p * Z equal to
     the mass above some value, in float64) and at random top_p. A float32 cumulative sum (the old sorted
     path) loses 2^-40 next to 1 and fails; so did the radix path while it re-summed the mass below its
     range in float32."""

@@ -21,7 +21,8 @@ current sequence (so the unmasking order matters) and on a tiny random Qwen2:
   computation picks from the distribution each `confidence` option names for each alg
   (authors: unguided unfiltered softmax for entropy, the guided filtered draw distribution
   for maskgit_plus / topk_margin; filtered: the draw distribution; unguided: the unguided
-  filtered one), and the three distributions do pick differently on those runs; every
+  filtered one), and the three distributions do pick differently on those runs; each
+  (source, alg) on fixed runs is told apart from every other source's distribution; every
   token placed under guidance lies in the guided filtered nucleus; EOS
   de-prioritisation places an EOS only when every non-EOS draw is placed (and is not
   vacuous: without it the toy places EOS earlier);
@@ -732,6 +733,27 @@ def test_confidence_distributions_differ_and_the_defaults_are_the_authors(alg):
             for a, b in differs:
                 differs[a, b] |= not torch.equal(choices[a], choices[b])
     assert all(differs.values()), differs
+
+
+@pytest.mark.parametrize("source", CONFIDENCE_SOURCES)
+@pytest.mark.parametrize("alg", NON_ORIGIN)
+def test_each_confidence_source_is_told_apart_from_the_others_under_guidance(source, alg):
+    """Every (source, alg), on fixed runs (not left to Hypothesis' draw) with guidance that moves the logits:
+    at every step the filled positions are those the source's distribution picks, and on the same runs every
+    other source that reads a different distribution for this alg picks differently at some step. So a source
+    that reads another's distribution ('unguided' reading the guided one, say) fails here whatever the seed
+    the property test above happens to draw."""
+    reads = EXPECTED_READS[source, alg]
+    others = {EXPECTED_READS[other, alg] for other in CONFIDENCE_SOURCES} - {reads}
+    told_apart = dict.fromkeys(others, False)
+    for seed in range(3):
+        cfg = config(alg=alg, confidence=source, max_new_tokens=9, T=4, top_p=0.7, eos_last=False)
+        records, steps = _run_recorded(cfg, seed, seed)
+        for i, (new, choices) in enumerate(_reference_choices(cfg, records, steps)):
+            assert torch.equal(new, choices[reads]), (seed, i)
+            for other in others:
+                told_apart[other] |= not torch.equal(choices[reads], choices[other])
+    assert all(told_apart.values()), told_apart
 
 
 @settings(max_examples=20, deadline=None)
