@@ -158,13 +158,31 @@ def step_cases():
     rng = np.random.default_rng(6)
     tol = {"response": EXACT}
     V, mask_id, eos = 7, 6, 5
-    logits = _normal(rng, (3, 5, V), 1.0)
+    logits = _normal(rng, (6, 5, V), 1.0)
     logits[0, 1:4] = np.array([6.0, 0.0, 0.5, -1.0, 0.0, 0.0, 0.0], F32)  # three identical, confident rows
     logits[1, :, eos] = 9.0  # row 1: EOS at every position (ties at -inf)
     logits[1, 3, :] = np.array([0.0, 0.0, 8.0, 0.0, 0.0, 0.0, 0.0], F32)  # one confident non-EOS
     logits[2, 0, eos] = 9.0
+    # Row 3 tells the sources apart. Position 0 (A) is the less confident before the filter and the
+    # more confident after it (top_p drops its tail): entropy 0.858 vs 0.777 for B at 1 and 2, 0.662 vs
+    # 0.777 filtered. Guidance leaves 0-2 alone and makes the flat 3 and 4 sharp. So entropy fills
+    # {1, 2} reading p(phi) (authors), {0, 1} reading q(phi) (unguided), {3, 4} reading q(phi_g) (filtered).
+    a_probs, b_probs = [0.6, 0.36, 0.01, 0.01, 0.01, 0.01], [0.8, 0.05, 0.05, 0.05, 0.05, 1e-4]
+    logits[3, 0, :6] = F32(0.7) * np.log(np.array(a_probs, F32))  # tau = 0.7: p(phi) = the probabilities
+    logits[3, 1:3, :6] = F32(0.7) * np.log(np.array(b_probs, F32))
+    logits[3, 3:] = 0.0
+    # Rows 4 and 5 do the same for maskgit_plus and topk_margin between p(phi) and q(phi): top_p drops
+    # the tail of D and F (renormalising them up) but keeps all of C and G: r(x) 0.49 > 0.48 unfiltered,
+    # 0.49 < 0.5 filtered; margins 0.305 > 0.30 unfiltered, 0.305 < 0.3125 filtered.
+    for row, (first, second) in ((4, ([0.49] + [0.1275] * 4 + [1e-4], [0.48, 0.48] + [0.01] * 4)),
+                                 (5, ([0.505, 0.2] + [0.0983] * 3 + [1e-4], [0.63, 0.33] + [0.01] * 4))):  # EOS (5) improbable in C, G
+        logits[row, 0, :6] = F32(0.7) * np.log(np.array(first, F32))
+        logits[row, 1:3, :6] = F32(0.7) * np.log(np.array(second, F32))
+        logits[row, 3:] = 0.0
     guided = logits + _normal(rng, logits.shape, 0.5)
     guided[0, 1:4] = guided[0, 1]  # ties survive guidance
+    guided[3:] = logits[3:]
+    guided[3, 3:, 0] = 12.0
     guided[..., mask_id] = -np.inf  # as guide leaves it: zero gradient at -inf, so Adam never moves it
     common = {"logits": logits, "tau": 0.7, "top_p": 0.95, "top_k": None, "eos_last": True, "eos_ids": [eos],
               "mask_id": mask_id, "T": 2, "eps": 1e-3}

@@ -7,7 +7,7 @@ every vector in conformance/vectors. Everything is float32 unless a rule says ot
     w        = H(softmax(phi)) / log V, clipped to [0, 1]      entropy weight (no tau)
     soft     = q_tau @ E;  hard = E[x];  e_hat = soft + w (hard - soft)   (w = 1 aps, 0 expectation)
     dR/dphi  = q_tau * (g - sum(q_tau g)) / tau,  g = E @ dR/dsoft          the soft path only
-    filter   : keep j iff S(q_j) <= top_p T (S = mass strictly above q_j) and q_j >= k-th largest
+    filter   : keep w_j >= v*: v* = ascending w at the first j with Z - C_j <= top_p Z (float64), and >= k-th largest
     draw     : first i with C_i > u C_V (C = cumulative sums)
     Adam     : m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
                phi -= (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)    (torch's formula)
@@ -69,16 +69,12 @@ def entropy_weight(phi):  # (..., V) -> (...)
 def filter_probs(probs, top_p, top_k):  # (..., V) -> (..., V): kept probabilities, 0 elsewhere
     q = np.asarray(probs, F32)
     threshold = np.zeros(q.shape[:-1] + (1,), F32)
-    if top_p is not None and top_p < 1:
-        descending = -np.sort(-q.astype(np.float64), -1)  # (..., V)
-        above = np.cumsum(descending, -1) - descending  # mass ranked before each sorted entry
-        total = descending.sum(-1, keepdims=True)
-        # S(v) for the value v at sorted slot j is `above` at v's first slot; the kept values are those with
-        # S <= top_p T; v* = the smallest kept value (above is non-decreasing, so v* = last sorted slot kept).
-        first = np.argmax(descending[..., None, :] == descending[..., :, None], -1)  # (..., V) first slot of the value
-        kept = np.take_along_axis(above, first, -1) <= top_p * total  # (..., V)
-        last = kept.sum(-1, keepdims=True) - 1
-        threshold = np.take_along_axis(descending, last, -1).astype(F32)
+    if top_p is not None and top_p < 1:  # the one rounding rule: ascending C in float64, first j with Z - C_j <= top_p Z
+        ascending = np.sort(q, -1)  # (..., V)
+        cdf = np.cumsum(ascending.astype(np.float64), -1)  # (..., V) C_j, float64
+        total = cdf[..., -1:]  # (..., 1) Z
+        first = ((total - cdf) > top_p * total).sum(-1, keepdims=True)  # entries failing = the first passing index
+        threshold = np.take_along_axis(ascending, np.minimum(first, q.shape[-1] - 1), -1)  # v*
     if top_k is not None and top_k < q.shape[-1]:
         kth = -np.sort(-q, -1)[..., top_k - 1:top_k]  # the k-th largest, with multiplicity
         threshold = np.maximum(threshold, kth)

@@ -3,7 +3,8 @@
 Every method takes a case's decoded inputs (numpy arrays, numbers) and returns its outputs as
 numpy arrays; `make_vectors.py` writes these as the expected values, and tests/test_conformance.py
 checks them again through `runner.check`. Random draws come from the case's `uniforms` (a list
-of arrays, consumed in order) through `GivenUniforms`, so nothing depends on torch's generator.
+of arrays, consumed in order) through `rng.GivenUniforms`, the project's injection point, so
+nothing depends on torch's generator.
 
 Shapes: B rows (prompts x trajectories in guide), N = B * K, L positions / response length,
 V vocabulary, d embedding, P prompt length.
@@ -18,38 +19,34 @@ import torch
 
 import entrgi
 import sampler
-from rng import CounterRNG
+from rng import GivenUniforms
 
 
-class GivenUniforms(CounterRNG):
-    """A random source that hands out given U[0, 1) float32 arrays in order (and records the shapes asked for).
+class Recorder:
+    """A `rng.UniformSource` that makes 24-bit uniforms from a NumPy generator as the project asks and keeps them.
 
-    `entrgi.uniform` routes a CounterRNG to its `.uniform(shape, device)`, so a subclass is the
-    injection point here. Each draw takes the next array, which must hold prod(shape) numbers
-    (row-major; the project asks for (N, n, 1) where a port may ask for (N, n)). With
-    `make=rng` (a numpy Generator) instead of arrays, it makes 24-bit uniforms as asked and
-    keeps them in `.given` (how make_vectors.py records a case's draws).
+    make_vectors.py runs each case once with it and writes `.given` into the case as its
+    `uniforms` (one array per draw, in order, of the shape asked for). Replaying them goes
+    through the project's own injection point, `rng.GivenUniforms`, which refuses a draw of
+    another shape or beyond the list.
     """
 
-    def __init__(self, given: list[np.ndarray] | None = None, make: np.random.Generator | None = None):
-        self.given, self.make, self.used = list(given or []), make, 0
+    def __init__(self, make: np.random.Generator):
+        self.make, self.given = make, []
 
     def uniform(self, shape, device=None):
-        count = math.prod(shape)
-        if self.make is not None:
-            drawn = tuple(shape[:-1]) if len(shape) > 1 and shape[-1] == 1 else tuple(shape)  # (N, n, 1) -> (N, n)
-            self.given.append((self.make.integers(0, 1 << 24, count) * 2.0**-24).astype(np.float32).reshape(drawn))
-        if self.used >= len(self.given):
-            raise ValueError(f"draw {self.used + 1} asked for {tuple(shape)}: only {len(self.given)} arrays given")
-        u = np.asarray(self.given[self.used], dtype=np.float32)
-        if u.size != count:
-            raise ValueError(f"draw {self.used + 1} asked for {tuple(shape)}, the given array has shape {u.shape}")
-        self.used += 1
-        return torch.from_numpy(u.copy()).reshape(tuple(shape)).to(device)
+        u = (self.make.integers(0, 1 << 24, math.prod(shape)) * 2.0**-24).astype(np.float32).reshape(tuple(shape))
+        self.given.append(u)
+        return torch.from_numpy(u.copy()).to(device)
 
-    def done(self):
-        if self.used != len(self.given):
-            raise ValueError(f"{len(self.given) - self.used} given uniform arrays were not used")
+
+def _replayed(source) -> list:
+    """The draws a run consumed, after checking that it consumed all it was given."""
+    if isinstance(source, Recorder):
+        return source.given
+    if source.taken != len(source.draws):
+        raise ValueError(f"{len(source.draws) - source.taken} of {len(source.draws)} given draws were not used")
+    return [u.numpy() for u in source.draws]
 
 
 def _t(x):
@@ -78,7 +75,7 @@ class Project:
         self.record = record  # make_vectors.py: make the draws here and return them as output "uniforms"
 
     def _source(self, uniforms):
-        return GivenUniforms(make=self.record) if self.record is not None else GivenUniforms(uniforms)
+        return Recorder(self.record) if self.record is not None else GivenUniforms(uniforms or [])
 
     def entropy_weight(self, logits):
         return {"w": _n(entrgi.entropy_weight(_t(logits)))}
@@ -95,8 +92,7 @@ class Project:
     def draw(self, probs, uniforms=None):
         source = self._source(uniforms)
         index = entrgi.sample_categorical(_t(probs), source)
-        source.done()
-        return {"index": _n(index), "uniforms": source.given}
+        return {"index": _n(index), "uniforms": _replayed(source)}
 
     def schedule(self, L, T, eps):
         counts = np.array(sampler.unmask_schedule(L, T, eps), dtype=np.int64)  # (T, 2)
@@ -106,8 +102,7 @@ class Project:
         source = self._source(uniforms)
         phi = entrgi.guide(_t(logits), _t(masked), _t(tokens), _t(E), linear_or_tanh(reward), method=method,
                            steps=M, lr=eta, temperature=tau, top_p=top_p, top_k=top_k, generator=source)
-        source.done()
-        return {"phi": _n(phi), "uniforms": source.given}
+        return {"phi": _n(phi), "uniforms": _replayed(source)}
 
     def step(self, logits, guided, tau, top_p, top_k, alg, confidence, eos_last, eos_ids, mask_id, T, eps,
              uniforms=None):
@@ -141,8 +136,7 @@ class Project:
                              on_step=on_step)
         except Stop:
             pass
-        source.done()
-        return {"response": _n(seen[0]), "uniforms": source.given}
+        return {"response": _n(seen[0]), "uniforms": _replayed(source)}
 
     def generate(self, prompt, K, L, T, M, eta, tau, top_p, top_k, alg, confidence, eos_last, eps, method,
                  mask_id, eos_ids, table, E, a, uniforms=None):
@@ -163,8 +157,7 @@ class Project:
             guidance = sampler.reward_guidance(linear_or_tanh({"kind": "tanh", "a": a}), _t(E), config, source)
         response = sampler.generate(denoise, prompt, torch.ones_like(prompt, dtype=torch.bool), config,
                                     mask_id=mask_id, eos_id=list(eos_ids), guidance=guidance, generator=source)
-        source.done()
-        return {"response": _n(response), "uniforms": source.given}
+        return {"response": _n(response), "uniforms": _replayed(source)}
 
 
 PROJECT = Project()
