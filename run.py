@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def experiment_options(group) -> None:
     """The options of `--prompts` runs (all None/False by default, so that a single run can refuse them)."""
-    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and summary.json go here")
+    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and the summary (summary.json, .md, .png) go here; "
+                       "with --report, the merged summary")
     group.add_argument("--methods", help=f"comma-separated methods (default: {','.join(EXPERIMENT_METHODS)})")
     group.add_argument("--seeds", help="comma-separated seeds (default: --seed)")
     group.add_argument("--batch-size", type=int, metavar="B", help="prompts per batch: B x K rows per forward "
@@ -684,6 +685,8 @@ def run_report(args) -> int:
             raise UsageError(f"--{used[0].replace('_', '-')} is not for --report")
         output = check_output_path(Path(args.output_dir) / experiment.SUMMARY, "--output-dir") \
             if args.output_dir is not None else None
+        if output is not None and (output.parent / experiment.RECORDS).exists():
+            raise UsageError(f"--output-dir {output.parent} holds a run: write the report to a directory of its own")
         benchmarks = summaries.merge(args.report)
     except UsageError as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
