@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def experiment_options(group) -> None:
     """The options of `--prompts` runs (all None/False by default, so that a single run can refuse them)."""
-    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and summary.json go here")
+    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and the summary (summary.json, .md, .png) go here; "
+                       "with --report, the merged summary")
     group.add_argument("--methods", help=f"comma-separated methods (default: {','.join(EXPERIMENT_METHODS)})")
     group.add_argument("--seeds", help="comma-separated seeds (default: --seed)")
     group.add_argument("--batch-size", type=int, metavar="B", help="prompts per batch: B x K rows per forward "
@@ -537,6 +538,20 @@ def describe_selection(plan: Plan, source, selection: dict[int, list], prompts: 
     return lines
 
 
+H100_GUIDED_STEP_S = 0.490  # benchmarks/RESULTS.md: one guided step, B = 1, K = 4, L = 128, Dream-7B + Skywork-1.7B
+H100_UNGUIDED_STEP_S = 0.051  # the same run's denoiser forward (41 ms) and sampling (10 ms)
+
+
+def describe_work(config: SamplingConfig, methods: list[str], selection: dict[int, list]) -> str:
+    """--dry-run's estimate of the run's length from the one H100 measurement (B = 1; an estimate, not a measurement)."""
+    per_method = sum(len(prompts) for prompts in selection.values())  # records per method
+    guided = sum(per_method for m in methods if m != "bon")
+    guided_step = H100_UNGUIDED_STEP_S + (H100_GUIDED_STEP_S - H100_UNGUIDED_STEP_S) * config.M / 3  # guidance ~ M
+    seconds = config.T * (guided * guided_step + (len(methods) * per_method - guided) * H100_UNGUIDED_STEP_S)
+    return (f"work          {len(methods) * per_method} records ({len(methods)} methods x {per_method}); about "
+            f"{seconds / 3600:.3g} h on one H100 at B = 1, /processes under torchrun (estimate: docs/experiment.md)")
+
+
 def run_experiment(args) -> int:
     """Every (prompt, method, seed) of `--prompts` into `--output-dir`; exit status as `main`'s."""
     ddp = experiment.Distributed.from_env()
@@ -580,7 +595,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         device = torch.device("cuda", ddp.local_rank)  # one device per rank
         torch.cuda.set_device(device)
     dtype = resolve_dtype(args.dtype, device)
-    source, selection = prompt_selection(args, seeds)
+    source, selection = ddp.from_rank0(lambda: prompt_selection(args, seeds))  # rank 0 reads; every rank gets it
     prompts = distinct_prompts(selection)  # every seed's prompts, each once, in order of first selection
     texts, labels = [p.text for p in prompts], [p.where for p in prompts]
     plan = make_plan(args.dllm, args.reward_model, texts, base, labels)
@@ -599,7 +614,8 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         if ddp.rank == 0:
             resident = () if eval_checkpoint is None else (eval_checkpoint,)
             print("\n".join(describe_plan(plan, dtype, batch=min(batch_size, len(prompts)), resident=resident)
-                            + describe_selection(plan, source, selection, prompts)))
+                            + describe_selection(plan, source, selection, prompts)
+                            + [describe_work(base, methods, selection)]))
         return 0
 
     # 2. The output directory (rank 0 checks it and tells every rank what is already done).
@@ -669,6 +685,8 @@ def run_report(args) -> int:
             raise UsageError(f"--{used[0].replace('_', '-')} is not for --report")
         output = check_output_path(Path(args.output_dir) / experiment.SUMMARY, "--output-dir") \
             if args.output_dir is not None else None
+        if output is not None and (output.parent / experiment.RECORDS).exists():
+            raise UsageError(f"--output-dir {output.parent} holds a run: write the report to a directory of its own")
         benchmarks = summaries.merge(args.report)
     except UsageError as error:
         print(f"error: {first_line(error)}", file=sys.stderr)

@@ -182,6 +182,8 @@ def test_hub_cache_offline_serves_a_preset_by_name(tmp_path, monkeypatch, capsys
     assert "dataset       reward-bench-2 (allenai/reward-bench-2, split test, field prompt)" in out
     assert "prompts per seed 1: 40, 2: 40, 3: 40 (40 distinct)" in out
     assert "longest       denoiser: reward-bench-2 row " in out
+    # T = 3 steps x (120 entrgi records x 490 ms + 120 bon records x 51 ms) = 194.76 s
+    assert "work          240 records (2 methods x 120); about 0.0541 h on one H100 at B = 1" in out
 
 
 # --------------------------------------------------------------------------- errors

@@ -521,3 +521,7 @@ def test_report_merges_run_directories(seeded, runs, tmp_path, capsys):
     assert "two directories hold the benchmark 'p'" in capsys.readouterr().err and not (tmp_path / "r2").exists()
     assert run.main(["--report", str(tmp_path), "--output-dir", str(tmp_path / "r3")]) == 2
     assert "not a run directory" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+    before = (second / "config.json").read_bytes()
+    assert run.main(["--report", str(seeded), "--output-dir", str(second)]) == 2  # a run's own directory
+    assert "holds a run" in capsys.readouterr().err and not (second / "summary.json").exists()
+    assert (second / "config.json").read_bytes() == before
