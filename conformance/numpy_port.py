@@ -175,9 +175,9 @@ def unmask_schedule(L, T, eps):
     return out
 
 
-READS = {"authors": {"entropy": "unfiltered", "maskgit_plus": "drawn", "topk_margin": "drawn"},
-         "filtered": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "drawn"),
-         "unguided": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "unguided")}
+READS = {"authors": {"entropy": "p", "maskgit_plus": "q_g", "topk_margin": "q_g"},  # source -> alg -> r
+         "filtered": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "q_g"),
+         "unguided": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "q")}
 
 
 def confidence(r, x, alg, normalise):
@@ -202,8 +202,8 @@ def unmask(phi, guide_fn, block_masked, n_fill, fill_prob, alg, confidence_sourc
     if alg == "origin":
         return x, block_masked & (draws.take(block_masked.shape) < fill_prob)
     reads = READS[confidence_source][alg]
-    r = {"unfiltered": p, "drawn": drawn, "unguided": probs}[reads]
-    score = confidence(r, x, alg, normalise=reads != "unfiltered")
+    r = {"p": p, "q_g": drawn, "q": probs}[reads]
+    score = confidence(r, x, alg, normalise=reads != "p")  # q and q_g are renormalised, p sums to 1
     if eos_last:
         score = np.where(np.isin(x, eos_ids), -np.inf, score)
     order = np.argsort(-score, -1, kind="stable")  # descending, equal scores by position

@@ -150,9 +150,9 @@ def test_a_port_with_adam_eps_inside_the_root_fails(monkeypatch):
 
 @pytest.mark.parametrize("source, alg, wrong", [
     (source, alg, wrong) for source, reads in numpy_port.READS.items() for alg, right in reads.items()
-    for wrong in ("unfiltered", "unguided", "drawn") if wrong != right])
+    for wrong in ("p", "q", "q_g") if wrong != right])
 def test_a_port_reading_another_confidence_source_fails(source, alg, wrong, monkeypatch):
-    """Each (source, alg) reads one of p(phi), q(phi), q(phi_g): the step vectors catch a port that reads another."""
+    """Each (source, alg) reads one of p, q, q_g: the step vectors catch a port that reads another."""
     monkeypatch.setitem(numpy_port.READS, source, {**numpy_port.READS[source], alg: wrong})
     assert runner.check(numpy_port.PORT, ["step"])
 
