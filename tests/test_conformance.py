@@ -2,8 +2,9 @@
 and a NumPy port written from docs/porting.md passes every one of them.
 
 What this module proves:
-  * the project, fed each case's inputs and given uniforms, returns every expected output within
-    the case's tolerance (exact for tokens, kept sets and the schedule);
+  * the project (the fast path run.py runs) and spec.py (the plain reference), fed each case's
+    inputs and given uniforms, return every expected output within the case's tolerance (exact
+    for tokens, kept sets and the schedule);
   * the committed files are exactly what `conformance.make_vectors` writes from today's code
     (a change of behaviour, inputs or schema without regenerating them fails here);
   * `conformance.numpy_port` (NumPy only: importing it loads no torch) passes every case, so the
@@ -26,7 +27,7 @@ import pytest
 import torch
 
 from conformance import make_vectors, numpy_port, runner
-from conformance.project import PROJECT
+from conformance.project import PROJECT, SPEC
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +41,11 @@ def one_thread():
 @pytest.mark.parametrize("kind", runner.KINDS)
 def test_project_reproduces_every_vector(kind):
     assert runner.check(PROJECT, [kind]) == []
+
+
+@pytest.mark.parametrize("kind", runner.KINDS)
+def test_the_plain_reference_spec_py_passes_every_vector(kind):
+    assert runner.check(SPEC, [kind]) == []
 
 
 def test_committed_vectors_are_fresh():
