@@ -29,6 +29,8 @@ import torch
 from conformance import make_vectors, numpy_port, runner
 from conformance.project import PROJECT, SPEC
 
+ROOT = runner.VECTORS.parent.parent  # the repository root: conformance/ imports from there
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -67,13 +69,19 @@ def test_numpy_port_passes_every_vector(kind):
 
 def test_numpy_port_does_not_load_torch():
     code = "import sys, conformance.numpy_port, conformance.runner; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_runner_cli_reports_success_and_failure(tmp_path):
+def test_runner_cli():
+    total = sum(len(runner.load(kind)) for kind in runner.KINDS)
     done = subprocess.run([sys.executable, "-m", "conformance.runner", "conformance.numpy_port:PORT"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith("all "), done.stdout + done.stderr
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.startswith(f"all {total} cases pass"), done.stdout + done.stderr
+    failing = subprocess.run([sys.executable, "-m", "conformance.runner", "conformance.numpy_port:NumpyPort"],
+                             capture_output=True, text=True, cwd=ROOT)  # the class, not an instance: every case raises
+    assert failing.returncode == 1 and failing.stdout.count("raised") == total, failing.stdout[-500:]
+    usage = subprocess.run([sys.executable, "-m", "conformance.runner"], capture_output=True, text=True, cwd=ROOT)
+    assert usage.returncode != 0 and "usage" in usage.stderr
 
 
 def test_mismatch_rules():
@@ -177,8 +185,8 @@ def test_a_port_that_consumes_the_draws_in_another_order_fails(monkeypatch):
 
 def test_the_porting_guide_example_runs(monkeypatch):
     """docs/porting.md's standalone runner (written for JAX) passes the vectors with NumPy standing in for jax.numpy."""
-    monkeypatch.chdir(runner.VECTORS.parent.parent)  # the example reads conformance/vectors/ from the repository root
-    text = (runner.VECTORS.parent.parent / "docs" / "porting.md").read_text()
+    monkeypatch.chdir(ROOT)  # the example reads conformance/vectors/ from the repository root
+    text = (ROOT / "docs" / "porting.md").read_text()
     code = text.split("```python\n")[1].split("```")[0]
     assert "import jax.numpy as jnp" in code and len(code.splitlines()) <= 35
     exec(code.replace("import jax.numpy as jnp", "jnp = np"), {"__name__": "porting_example"})
