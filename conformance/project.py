@@ -182,7 +182,7 @@ class Spec(Project):
     def filter(self, probs, top_p, top_k):
         import spec
 
-        return {"filtered": _n(spec.filter_last(_t(probs), top_p, top_k))}
+        return {"filtered": _n(spec.filter_probs(_t(probs), top_p, top_k))}
 
     def draw(self, probs, uniforms):
         import spec
