@@ -74,17 +74,17 @@ def relaxations(phi: Tensor, E: Tensor, x: Tensor, method: str, tau: float) -> T
 
 
 def filter_probs(probs: Tensor, top_p: float | None, top_k: int | None) -> Tensor:
-    """Top-p then top-k by one ascending sort; zeros outside, not renormalised. (R, V) -> (R, V)."""
-    probs = probs.float()  # (R, V)
-    s = torch.sort(probs, dim=-1).values  # (R, V) ascending
-    threshold = torch.zeros_like(probs[:, :1])  # (R, 1)
+    """Top-p then top-k by one ascending sort; zeros outside, not renormalised. (..., V) -> (..., V)."""
+    probs = probs.float()  # (..., V)
+    s = torch.sort(probs, dim=-1).values  # (..., V) ascending
+    threshold = torch.zeros_like(probs[..., :1])  # (..., 1)
     if top_p is not None and top_p < 1:
-        C = s.double().cumsum(-1)  # (R, V) float64
-        Z = C[:, -1:]  # (R, 1)
-        first = ((Z - C) > top_p * Z).sum(-1, keepdim=True)  # (R, 1) first j with Z - C_j <= top_p Z
-        threshold = s.gather(-1, first)
+        C = s.double().cumsum(-1)  # (..., V) float64
+        Z = C[..., -1:]  # (..., 1)
+        first = ((Z - C) > top_p * Z).sum(-1, keepdim=True)  # (..., 1) first j with Z - C_j <= top_p Z
+        threshold = s.gather(-1, first)  # v_p
     if top_k is not None and top_k < probs.shape[-1]:
-        threshold = torch.maximum(threshold, s[:, probs.shape[-1] - top_k:][:, :1])  # v_k = the k-th largest
+        threshold = torch.maximum(threshold, s[..., probs.shape[-1] - top_k:][..., :1])  # v_k = the k-th largest
     return torch.where(probs >= threshold, probs, 0.0)
 
 
@@ -113,7 +113,7 @@ def guide(phi: Tensor, masked: Tensor, tokens: Tensor, E: Tensor, reward, *, met
     fixed = E[tokens]  # (N, n, d) real tokens where the block is not masked
     for k in range(1, M + 1):
         phi = phi.detach().requires_grad_(True)
-        x = tokens if method == "expectation" else draw(filter_last(tempered(phi, tau).detach(), top_p, top_k),
+        x = tokens if method == "expectation" else draw(filter_probs(tempered(phi, tau).detach(), top_p, top_k),
                                                         uniforms[k - 1])  # (N, n)
         embeds = torch.where(masked.unsqueeze(-1), relaxations(phi, E, x, method, tau), fixed)  # (N, n, d)
         read = torch.where(masked, argmax_lowest(phi.detach()), tokens)  # (N, n) R's end-of-response cut-off
@@ -123,11 +123,6 @@ def guide(phi: Tensor, masked: Tensor, tokens: Tensor, E: Tensor, reward, *, met
         denominator = v.sqrt() / math.sqrt(1 - betas[1] ** k) + eps
         phi = phi.detach() - (lr / (1 - betas[0] ** k)) * m / denominator
     return phi.detach()
-
-
-def filter_last(probs: Tensor, top_p, top_k) -> Tensor:
-    """filter_probs over the last dim of any shape. (..., V) -> (..., V)."""
-    return filter_probs(probs.reshape(-1, probs.shape[-1]), top_p, top_k).reshape(probs.shape)
 
 
 # ---------------------------------------------------------------- the schedule (float32, written out)
@@ -228,7 +223,7 @@ def generate(denoise, prompt_ids: Tensor, prompt_keep: Tensor, cfg, *, mask_id: 
         phi = denoise(ids, keep, positions + P).float()  # (N, n, V)
         phi[..., mask_id] = -math.inf  # the mask token is never drawn
         p = tempered(phi, tau) if tau > 0 else torch.softmax(phi, -1)  # (N, n, V)
-        q = filter_last(p, cfg.top_p, cfg.top_k)
+        q = filter_probs(p, cfg.top_p, cfg.top_k)
         phi_g = phi
         if cfg.guided and cfg.M > 0:
             def block_reward(embeds, tokens):  # the block scattered into the whole response
@@ -238,7 +233,7 @@ def generate(denoise, prompt_ids: Tensor, prompt_keep: Tensor, cfg, *, mask_id: 
                                                             for _ in range(cfg.M)]
             phi_g = guide(phi, masked, response.gather(1, positions), E, block_reward, method=cfg.method,
                           M=cfg.M, lr=cfg.eta, tau=tau, top_p=cfg.top_p, top_k=cfg.top_k, uniforms=draws)
-        q_g = filter_last(tempered(phi_g, tau), cfg.top_p, cfg.top_k) if phi_g is not phi else q
+        q_g = filter_probs(tempered(phi_g, tau), cfg.top_p, cfg.top_k) if phi_g is not phi else q
         x = argmax_lowest(q_g) if tau == 0 else draw(q_g, uniforms.uniform((N, positions.shape[1])))  # (N, n)
         if origin:
             fill = masked & (uniforms.uniform((N, L)) < ratio)  # (N, L)

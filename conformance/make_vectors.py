@@ -166,12 +166,12 @@ def step_cases():
     # Row 3 tells the sources apart. Position 0 (A) is the less confident before the filter and the
     # more confident after it (top_p drops its tail): entropy 0.858 vs 0.777 for B at 1 and 2, 0.662 vs
     # 0.777 filtered. Guidance leaves 0-2 alone and makes the flat 3 and 4 sharp. So entropy fills
-    # {1, 2} reading p(phi) (authors), {0, 1} reading q(phi) (unguided), {3, 4} reading q(phi_g) (filtered).
+    # {1, 2} reading p (authors), {0, 1} reading q (unguided), {3, 4} reading q_g (filtered).
     a_probs, b_probs = [0.6, 0.36, 0.01, 0.01, 0.01, 0.01], [0.8, 0.05, 0.05, 0.05, 0.05, 1e-4]
-    logits[3, 0, :6] = F32(0.7) * np.log(np.array(a_probs, F32))  # tau = 0.7: p(phi) = the probabilities
+    logits[3, 0, :6] = F32(0.7) * np.log(np.array(a_probs, F32))  # tau = 0.7: p = the probabilities
     logits[3, 1:3, :6] = F32(0.7) * np.log(np.array(b_probs, F32))
     logits[3, 3:] = 0.0
-    # Rows 4 and 5 do the same for maskgit_plus and topk_margin between p(phi) and q(phi): top_p drops
+    # Rows 4 and 5 do the same for maskgit_plus and topk_margin between p and q: top_p drops
     # the tail of D and F (renormalising them up) but keeps all of C and G: r(x) 0.49 > 0.48 unfiltered,
     # 0.49 < 0.5 filtered; margins 0.305 > 0.30 unfiltered, 0.305 < 0.3125 filtered.
     for row, (first, second) in ((4, ([0.49] + [0.1275] * 4 + [1e-4], [0.48, 0.48] + [0.01] * 4)),

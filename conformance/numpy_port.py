@@ -3,15 +3,17 @@
 It exists to prove that the documents are enough: tests/test_conformance.py runs it against
 every vector in conformance/vectors. Everything is float32 unless a rule says otherwise.
 
-    q_tau    = softmax((phi - max phi) / tau)                  tempered distribution
+    p        = softmax((phi - max phi) / tau)                  tempered distribution
     w        = H(softmax(phi)) / log V, clipped to [0, 1]      entropy weight (no tau)
-    soft     = q_tau @ E;  hard = E[x];  e_hat = soft + w (hard - soft)   (w = 1 aps, 0 expectation)
-    dR/dphi  = q_tau * (g - sum(q_tau g)) / tau,  g = E @ dR/dsoft          the soft path only
-    filter   : keep w_j >= v*: v* = ascending w at the first j with Z - C_j <= top_p Z (float64), and >= k-th largest
+    soft     = p @ E;  hard = E[x];  e_hat = soft + w (hard - soft)   (w = 1 aps, 0 expectation)
+    dR/dphi  = p * (g - sum(p g)) / tau,  g = E @ dR/dsoft          the soft path only
+    filter   : keep p_j >= v* and >= the k-th largest; v* = ascending p at the first j with
+               Z - C_j <= top_p Z (C, Z in float64)
     draw     : first i with C_i > u C_V (C = cumulative sums)
-    Adam     : m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-               phi -= (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)    (torch's formula)
-    schedule : t_i = linspace(1, eps, T + 1) by torch's rule (two halves, fused multiply-adds); n_fill = floor(float32(n) * (1 - s / t))
+    Adam     : exp_avg = b1 exp_avg + (1 - b1) g;  exp_avg_sq = b2 exp_avg_sq + (1 - b2) g^2;
+               phi -= (lr / (1 - b1^t)) exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - b2^t) + eps)   (torch's)
+    schedule : t_i = linspace(1, eps, T + 1) by torch's rule (two halves, fused multiply-adds);
+               n_fill = trunc(fl32(n * fl32(1 - fl32(s / t))))
     fill     : the n_fill largest confidences, ties to the lowest position; argmax ties to the lowest id
 
 Shapes: N rows, L (or n) positions, V vocabulary, d embedding, B prompts, K trajectories.
@@ -98,37 +100,37 @@ def sample(probs, tau, draws):
 
 
 def relaxation(phi, E, hard, method, tau):
-    """(e_hat, q_tau) for logits (..., V), E (V, d), hard (...)."""
-    q_tau = tempered(phi, tau)
-    soft = (q_tau @ E).astype(F32)
+    """(e_hat, p) for logits (..., V), E (V, d), hard (...)."""
+    p = tempered(phi, tau)
+    soft = (p @ E).astype(F32)
     if method == "expectation":
-        return soft, q_tau
+        return soft, p
     w = F32(1) if method == "aps" else entropy_weight(phi)[..., None]
-    return (soft + w * (E[hard] - soft)).astype(F32), q_tau
+    return (soft + w * (E[hard] - soft)).astype(F32), p
 
 
-def grad_phi(q_tau, E, grad_soft, tau):  # dR/dphi from dR/dsoft (..., d), through softmax(phi / tau) @ E
+def grad_phi(p, E, grad_soft, tau):  # dR/dphi from dR/dsoft (..., d), through softmax(phi / tau) @ E
     g = (grad_soft @ E.T).astype(F32)  # (..., V)
-    return (q_tau * (g - (q_tau * g).sum(-1, keepdims=True)) / F32(tau)).astype(F32)
+    return (p * (g - (p * g).sum(-1, keepdims=True)) / F32(tau)).astype(F32)
 
 
 def guide(phi, masked, tokens, E, reward_kind, a, method, M, eta, tau, top_p, top_k, draws):
     """M Adam steps of ascent on sum_b R_b. phi (B, n, V), masked/tokens (B, n), a (B, n, d) per position."""
     phi = np.array(phi, F32)
-    m, v = np.zeros_like(phi), np.zeros_like(phi)
+    exp_avg, exp_avg_sq = np.zeros_like(phi), np.zeros_like(phi)
     fixed = E[tokens]  # (B, n, d)
     for t in range(1, M + 1):
         hard = tokens
         if method != "expectation":
             hard = sample(filter_probs(tempered(phi, tau), top_p, top_k), tau, draws)
-        e_hat, q_tau = relaxation(phi, E, hard, method, tau)
+        e_hat, p = relaxation(phi, E, hard, method, tau)
         embeds = np.where(masked[..., None], e_hat, fixed)
         dR = a if reward_kind == "linear" else (1 - np.tanh((embeds * a).sum(-1, keepdims=True)) ** 2) * a
-        g = -grad_phi(q_tau, E, np.where(masked[..., None], dR, 0).astype(F32), tau)  # loss = -R
-        m = (F32(BETA1) * m + F32(1 - BETA1) * g).astype(F32)
-        v = (F32(BETA2) * v + F32(1 - BETA2) * g * g).astype(F32)
-        denom = np.sqrt(v) / F32(math.sqrt(1 - BETA2 ** t)) + F32(ADAM_EPS)
-        phi = (phi - F32(eta / (1 - BETA1 ** t)) * m / denom).astype(F32)
+        g = -grad_phi(p, E, np.where(masked[..., None], dR, 0).astype(F32), tau)  # loss = -R
+        exp_avg = (F32(BETA1) * exp_avg + F32(1 - BETA1) * g).astype(F32)
+        exp_avg_sq = (F32(BETA2) * exp_avg_sq + F32(1 - BETA2) * g * g).astype(F32)
+        denom = np.sqrt(exp_avg_sq) / F32(math.sqrt(1 - BETA2 ** t)) + F32(ADAM_EPS)
+        phi = (phi - F32(eta / (1 - BETA1 ** t)) * exp_avg / denom).astype(F32)
     return phi
 
 
@@ -175,9 +177,9 @@ def unmask_schedule(L, T, eps):
     return out
 
 
-READS = {"authors": {"entropy": "unfiltered", "maskgit_plus": "drawn", "topk_margin": "drawn"},
-         "filtered": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "drawn"),
-         "unguided": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "unguided")}
+READS = {"authors": {"entropy": "p", "maskgit_plus": "q_g", "topk_margin": "q_g"},  # source -> alg -> r
+         "filtered": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "q_g"),
+         "unguided": dict.fromkeys(("entropy", "maskgit_plus", "topk_margin"), "q")}
 
 
 def confidence(r, x, alg, normalise):
@@ -195,15 +197,15 @@ def unmask(phi, guide_fn, block_masked, n_fill, fill_prob, alg, confidence_sourc
            eos_ids, draws):
     """One step on a block: phi (N, n, V) with the mask token at -inf. Returns (tokens (N, n), fill (N, n))."""
     p = tempered(phi, tau)
-    probs = filter_probs(p, top_p, top_k)
-    guided = guide_fn(phi, probs) if guide_fn is not None else None
-    drawn = probs if guided is None else filter_probs(tempered(guided, tau), top_p, top_k)
-    x = sample(drawn, tau, draws)
+    q = filter_probs(p, top_p, top_k)  # the unguided draw weights
+    guided = guide_fn(phi, q) if guide_fn is not None else None
+    q_g = q if guided is None else filter_probs(tempered(guided, tau), top_p, top_k)  # the guided ones
+    x = sample(q_g, tau, draws)
     if alg == "origin":
         return x, block_masked & (draws.take(block_masked.shape) < fill_prob)
     reads = READS[confidence_source][alg]
-    r = {"unfiltered": p, "drawn": drawn, "unguided": probs}[reads]
-    score = confidence(r, x, alg, normalise=reads != "unfiltered")
+    r = {"p": p, "q_g": q_g, "q": q}[reads]
+    score = confidence(r, x, alg, normalise=reads != "p")  # q and q_g are renormalised, p sums to 1
     if eos_last:
         score = np.where(np.isin(x, eos_ids), -np.inf, score)
     order = np.argsort(-score, -1, kind="stable")  # descending, equal scores by position
@@ -219,8 +221,8 @@ class NumpyPort:
         return {"w": entropy_weight(logits)}
 
     def relax(self, logits, E, hard, method, tau, a):
-        e_hat, q_tau = relaxation(logits, E, hard, method, tau)
-        return {"e_hat": e_hat, "grad": grad_phi(q_tau, E, a, tau)}
+        e_hat, p = relaxation(logits, E, hard, method, tau)
+        return {"e_hat": e_hat, "grad": grad_phi(p, E, a, tau)}
 
     def filter(self, probs, top_p, top_k):
         return {"filtered": filter_probs(probs, top_p, top_k)}
@@ -249,7 +251,7 @@ class NumpyPort:
         N, L = phi.shape[:2]
         ratios = step_ratios(T, eps)
         fill_prob = F32(1) if T == 1 else ratios[0]
-        x, fill = unmask(phi, None if guided is None else (lambda phi, probs: guided), np.ones((N, L), bool),
+        x, fill = unmask(phi, None if guided is None else (lambda phi, q: guided), np.ones((N, L), bool),
                          unmask_schedule(L, T, eps)[0][1], fill_prob, alg, confidence, tau, top_p, top_k,
                          eos_last, eos_ids, draws)
         draws.done()
@@ -274,7 +276,7 @@ class NumpyPort:
             phi[..., mask_id] = -np.inf
             current = ids[rows, P + positions]
 
-            def guide_fn(phi, probs, positions=positions, block_masked=block_masked, current=current):
+            def guide_fn(phi, q, positions=positions, block_masked=block_masked, current=current):
                 if M == 0:
                     return None
                 return guide(phi, block_masked, current, E, "tanh", a[positions], method, M, eta, tau, top_p,

@@ -161,3 +161,103 @@ class Project:
 
 
 PROJECT = Project()
+
+
+class Spec(Project):
+    """The same kinds answered by spec.py, the plain reference (tests/test_conformance.py runs it on every vector)."""
+
+    def relax(self, logits, E, hard, method, tau, a):
+        import spec
+
+        phi = _t(logits).requires_grad_(True)  # (..., V)
+        e_hat = spec.relaxations(phi, _t(E), _t(hard), method, tau)  # (..., d)
+        (grad,) = torch.autograd.grad((e_hat * _t(a)).sum(), [phi])
+        return {"e_hat": _n(e_hat), "grad": _n(grad)}
+
+    def entropy_weight(self, logits):
+        import spec
+
+        return {"w": _n(spec.entropy_weight(_t(logits)))}
+
+    def filter(self, probs, top_p, top_k):
+        import spec
+
+        return {"filtered": _n(spec.filter_probs(_t(probs), top_p, top_k))}
+
+    def draw(self, probs, uniforms):
+        import spec
+
+        (u,) = uniforms
+        return {"index": _n(spec.draw(_t(probs), _t(u)))}
+
+    def schedule(self, L, T, eps):
+        import spec
+
+        t = spec.timesteps(T, eps)
+        steps = spec.schedule(L, T, eps)
+        return {"ratios": np.array([spec.f32(1.0 - spec.f32(t[i + 1] / t[i])) for i in range(T)], np.float32),
+                "n_masked": np.array([s[0] for s in steps]), "n_fill": np.array([s[1] for s in steps])}
+
+    def guide(self, logits, masked, tokens, E, reward, method, M, eta, tau, top_p, top_k, uniforms):
+        import spec
+
+        phi = spec.guide(_t(logits), _t(masked), _t(tokens), _t(E), linear_or_tanh(reward), method=method, M=M,
+                         lr=eta, tau=tau, top_p=top_p, top_k=top_k, uniforms=[_t(u) for u in uniforms])
+        return {"phi": _n(phi)}
+
+    def step(self, logits, guided, tau, top_p, top_k, alg, confidence, eos_last, eos_ids, mask_id, T, eps,
+             uniforms):
+        """spec.generate's first step: the denoiser hands back `logits`, then stops the run at its second call.
+        Guidance is given as guided logits: spec's guide is replaced by them, under method expectation (whose
+        guide makes no draws, so the given uniforms are the step's token and fill draws only)."""
+        import spec
+
+        logits, N, L = _t(logits), logits.shape[0], logits.shape[1]
+        seen = []
+
+        class Stop(Exception):
+            pass
+
+        def denoise(ids, keep, positions):
+            if calls:  # the second step: ids hold the first step's result
+                seen.append(ids[:, 1:].clone())
+                raise Stop
+            calls.append(1)
+            return logits.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+        calls = []
+        config = sampler.SamplingConfig(method="bon" if guided is None else "expectation", K=1, T=T, M=1,
+                                        max_new_tokens=L, temperature=tau, top_p=top_p, top_k=top_k, alg=alg,
+                                        confidence=confidence, eos_last=eos_last, eps=eps)
+        saved = spec.guide
+        spec.guide = lambda phi, *args, **kwargs: _t(guided)  # the step's guided logits, as given
+        try:
+            spec.generate(denoise, torch.zeros(N, 1, dtype=torch.long), torch.ones(N, 1, dtype=torch.bool), config,
+                          mask_id=mask_id, eos_ids=list(eos_ids), E=torch.zeros(logits.shape[-1], 1),
+                          reward=None, uniforms=GivenUniforms(uniforms))
+        except Stop:
+            pass
+        finally:
+            spec.guide = saved
+        return {"response": _n(seen[0])}
+
+    def generate(self, prompt, K, L, T, M, eta, tau, top_p, top_k, alg, confidence, eos_last, eps, method,
+                 mask_id, eos_ids, table, E, a, uniforms):
+        import spec
+
+        config = sampler.SamplingConfig(method=method, K=K, T=T, M=M, eta=eta, max_new_tokens=L, temperature=tau,
+                                        top_p=top_p, top_k=top_k, alg=alg, confidence=confidence,
+                                        eos_last=eos_last, eps=eps).validate()
+        table, prompt = _t(table), _t(prompt)  # (L, V, V), (B, P)
+        P = prompt.shape[1]
+
+        def denoise(ids, keep, positions):
+            return table[positions - P, ids.gather(1, positions - 1)]  # (N, n, V)
+
+        response = spec.generate(denoise, prompt, torch.ones_like(prompt, dtype=torch.bool), config,
+                                 mask_id=mask_id, eos_ids=list(eos_ids), E=_t(E),
+                                 reward=linear_or_tanh({"kind": "tanh", "a": a}), uniforms=GivenUniforms(uniforms))
+        return {"response": _n(response)}
+
+
+SPEC = Spec()

@@ -11,7 +11,7 @@ A value is a JSON number, string, boolean, null, list of values, or an array:
     {"dtype": "int64" | "bool", "shape": [...], "data": [flat row-major list of ints / booleans]}
 
 float32 arrays are base64 so that every bit (-inf, signed zeros, the last place) survives
-JSON. A tolerance is "exact" (equal bit for bit as float32 values, -inf == -inf; equal
+JSON. A tolerance is "exact" (equal as float32 values, -inf == -inf, -0.0 == 0.0; equal
 integers / booleans) or {"atol": a, "rtol": r}: |got - expected| <= a + r |expected|
 elementwise, and infinities must match exactly.
 

@@ -2,8 +2,9 @@
 and a NumPy port written from docs/porting.md passes every one of them.
 
 What this module proves:
-  * the project, fed each case's inputs and given uniforms, returns every expected output within
-    the case's tolerance (exact for tokens, kept sets and the schedule);
+  * the project (the fast path run.py runs) and spec.py (the plain reference), fed each case's
+    inputs and given uniforms, return every expected output within the case's tolerance (exact
+    for tokens, kept sets and the schedule);
   * the committed files are exactly what `conformance.make_vectors` writes from today's code
     (a change of behaviour, inputs or schema without regenerating them fails here);
   * `conformance.numpy_port` (NumPy only: importing it loads no torch) passes every case, so the
@@ -26,7 +27,9 @@ import pytest
 import torch
 
 from conformance import make_vectors, numpy_port, runner
-from conformance.project import PROJECT
+from conformance.project import PROJECT, SPEC
+
+ROOT = runner.VECTORS.parent.parent  # the repository root: conformance/ imports from there
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +43,11 @@ def one_thread():
 @pytest.mark.parametrize("kind", runner.KINDS)
 def test_project_reproduces_every_vector(kind):
     assert runner.check(PROJECT, [kind]) == []
+
+
+@pytest.mark.parametrize("kind", runner.KINDS)
+def test_the_plain_reference_spec_py_passes_every_vector(kind):
+    assert runner.check(SPEC, [kind]) == []
 
 
 def test_committed_vectors_are_fresh():
@@ -61,13 +69,19 @@ def test_numpy_port_passes_every_vector(kind):
 
 def test_numpy_port_does_not_load_torch():
     code = "import sys, conformance.numpy_port, conformance.runner; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_runner_cli_reports_success_and_failure(tmp_path):
+def test_runner_cli():
+    total = sum(len(runner.load(kind)) for kind in runner.KINDS)
     done = subprocess.run([sys.executable, "-m", "conformance.runner", "conformance.numpy_port:PORT"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith("all "), done.stdout + done.stderr
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.startswith(f"all {total} cases pass"), done.stdout + done.stderr
+    failing = subprocess.run([sys.executable, "-m", "conformance.runner", "conformance.numpy_port:NumpyPort"],
+                             capture_output=True, text=True, cwd=ROOT)  # the class, not an instance: every case raises
+    assert failing.returncode == 1 and failing.stdout.count("raised") == total, failing.stdout[-500:]
+    usage = subprocess.run([sys.executable, "-m", "conformance.runner"], capture_output=True, text=True, cwd=ROOT)
+    assert usage.returncode != 0 and "usage" in usage.stderr
 
 
 def test_mismatch_rules():
@@ -150,9 +164,9 @@ def test_a_port_with_adam_eps_inside_the_root_fails(monkeypatch):
 
 @pytest.mark.parametrize("source, alg, wrong", [
     (source, alg, wrong) for source, reads in numpy_port.READS.items() for alg, right in reads.items()
-    for wrong in ("unfiltered", "unguided", "drawn") if wrong != right])
+    for wrong in ("p", "q", "q_g") if wrong != right])
 def test_a_port_reading_another_confidence_source_fails(source, alg, wrong, monkeypatch):
-    """Each (source, alg) reads one of p(phi), q(phi), q(phi_g): the step vectors catch a port that reads another."""
+    """Each (source, alg) reads one of p, q, q_g: the step vectors catch a port that reads another."""
     monkeypatch.setitem(numpy_port.READS, source, {**numpy_port.READS[source], alg: wrong})
     assert runner.check(numpy_port.PORT, ["step"])
 
@@ -171,8 +185,8 @@ def test_a_port_that_consumes_the_draws_in_another_order_fails(monkeypatch):
 
 def test_the_porting_guide_example_runs(monkeypatch):
     """docs/porting.md's standalone runner (written for JAX) passes the vectors with NumPy standing in for jax.numpy."""
-    monkeypatch.chdir(runner.VECTORS.parent.parent)  # the example reads conformance/vectors/ from the repository root
-    text = (runner.VECTORS.parent.parent / "docs" / "porting.md").read_text()
+    monkeypatch.chdir(ROOT)  # the example reads conformance/vectors/ from the repository root
+    text = (ROOT / "docs" / "porting.md").read_text()
     code = text.split("```python\n")[1].split("```")[0]
     assert "import jax.numpy as jnp" in code and len(code.splitlines()) <= 35
     exec(code.replace("import jax.numpy as jnp", "jnp = np"), {"__name__": "porting_example"})

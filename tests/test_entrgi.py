@@ -280,15 +280,15 @@ def test_reward_inputs_uses_the_callers_soft(p: Problem, method: str):
 @FAST
 @given(p=problems())
 def test_soft_embedding_is_the_plain_relaxation_keeping_only_logits(p: Problem):
-    """soft and q_tau equal softmax((logits - max) / tau) @ E and softmax((logits - max) / tau) (tempered_softmax,
+    """soft and p_tau equal softmax((logits - max) / tau) @ E and softmax((logits - max) / tau) (tempered_softmax,
     softmax(logits / tau) to rounding), the gradient equals plain autograd's (bitwise: the checkpoint recomputes
-    the same ops), q_tau carries no gradient, and the only tensor autograd keeps for the backward is the logits."""
+    the same ops), p_tau carries no gradient, and the only tensor autograd keeps for the backward is the logits."""
     logits = p.logits.clone().requires_grad_(True)
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
-        soft, q_tau = soft_embedding(logits, p.embed, p.temperature)
+        soft, p_tau = soft_embedding(logits, p.embed, p.temperature)
     assert kept and all(t.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr() for t in kept)
-    assert not q_tau.requires_grad
+    assert not p_tau.requires_grad
     (p.coef * soft**2).sum().backward()
 
     plain = p.logits.clone().requires_grad_(True)
@@ -296,7 +296,7 @@ def test_soft_embedding_is_the_plain_relaxation_keeping_only_logits(p: Problem):
     plain_soft = plain_q @ p.embed
     torch.testing.assert_close(plain_q, torch.softmax(p.logits / p.temperature, -1), rtol=1e-5, atol=1e-7)
     (p.coef * plain_soft**2).sum().backward()
-    assert torch.equal(q_tau, plain_q.detach()) and torch.equal(soft.detach(), plain_soft.detach())
+    assert torch.equal(p_tau, plain_q.detach()) and torch.equal(soft.detach(), plain_soft.detach())
     assert torch.equal(logits.grad, plain.grad)
 
 
