@@ -3,7 +3,8 @@
 `run.py` holds the loop (models load once; per (method, seed) the prompts run in batches
 of B); this module holds what the loop reads and writes, as plain functions:
 
-    read_prompts(FILE)            .jsonl ({"prompt": ..., "id": ..., other fields carried}) or .txt (id = line number)
+    read_prompts(FILE)            .jsonl ({"prompt": ..., "id": ..., other fields carried}) or .txt (id = line number);
+                                  UTF-8 with or without a BOM, LF or CRLF, blank lines skipped
     fingerprint(settings)         sha256 of every setting that changes a record's result
     Store(DIR, rank, world)       records appended one whole line at a time, fsync'ed; resume; merge
     summarise(records, ...)       per method: mean Top@1 / Avg@N over prompts x seeds, 95 % bootstrap
@@ -63,12 +64,18 @@ class Prompt:
 
 
 def read_prompts(path: str) -> list[Prompt]:
-    """Every prompt of a .jsonl or .txt file, or a UsageError naming the first bad line."""
+    """Every prompt of a .jsonl or .txt file, or a UsageError naming the first bad line.
+
+    Files as editors write them: UTF-8 with or without a byte-order mark (read as utf-8-sig),
+    lines ending in LF or CRLF, and blank lines (empty or whitespace only) anywhere, which are
+    skipped in both formats. Line numbers count every line, blank ones too: they are what an
+    error names and a .txt prompt's id.
+    """
     file = Path(path)
     if file.suffix not in (".jsonl", ".txt"):
         raise UsageError(f"--prompts {path}: expected a .jsonl or .txt file")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a leading BOM is not part of the first prompt
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--prompts {path} cannot be read: {first_line(error)}") from None
     lines = text.split("\n")
@@ -78,6 +85,8 @@ def read_prompts(path: str) -> list[Prompt]:
     for number, line in enumerate(lines, start=1):
         where = f"{path} line {number}"
         line = line.removesuffix("\r")
+        if not line.strip():
+            continue  # a blank line: no prompt, but it keeps its number
         if file.suffix == ".txt":
             item = {"prompt": line}
         else:

@@ -10,8 +10,10 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   sums over a batch of left-padded rows differ in the last bits, in the denoiser and the
   reward model, README "Many prompts"); a 2-process torchrun (gloo) run merges into the
   same records;
+* prompts files as editors write them (a UTF-8 BOM, CRLF, blank lines between prompts and
+  after the last) read as plain ones, in both formats, with line numbers counting blank lines;
 * every bad prompts file (not JSON, not an object, no / an empty / a non-string prompt, a
-  bad or duplicate id, a blank .txt line, a prompt beyond the context, no prompt at all, a
+  bad or duplicate id, a prompt beyond the context, no prompt at all, only blank lines, a
   wrong suffix) and every bad experiment option is one `error:` line naming the line, exit
   2, before any weight loads, with nothing written;
 * resume: a run killed with SIGKILL before its first record or after it, and a directory whose last line
@@ -311,7 +313,10 @@ BAD_FILES = {
     "duplicate id": ('{"prompt": "a", "id": "x"}\n{"prompt": "b"}\n{"prompt": "c", "id": "x"}\n', ".jsonl",
                      "line 3: duplicate id 'x' (first on line 1)"),
     "id equal to a line number": ('{"prompt": "a", "id": 2}\n{"prompt": "b"}\n', ".jsonl", "line 2: duplicate id 2"),
-    "blank txt line": ("a\n\nb\n", ".txt", "line 2: the prompt is empty"),
+    "bad line after blank lines": ('\n{"prompt": "a"}\n \n\n{"prompt": \n', ".jsonl", "line 5: not JSON"),
+    "empty prompt after a BOM and CRLF": ('\ufeff{"prompt": "a"}\r\n\r\n{"prompt": ""}\r\n', ".jsonl",
+                                          "line 3: the prompt is empty"),
+    "only blank lines": ("\n  \n\t\n", ".txt", "holds no prompt"),
     "too long": ('{"prompt": "a"}\n' + json.dumps({"prompt": "the sea " * 300}) + "\n", ".jsonl",
                  "line 2: prompt ("),
     "no prompt at all": ("", ".txt", "holds no prompt"),
@@ -319,11 +324,35 @@ BAD_FILES = {
 }
 
 
+EDITED = ["Write a poem.", "Ünïcödé, 東京 🙂", "Why?"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+@pytest.mark.parametrize("bom", [False, True], ids=["no BOM", "BOM"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["LF", "CRLF"])
+@pytest.mark.parametrize("blank", ["none", "interior", "trailing", "both"])
+def test_prompts_files_as_editors_write_them(suffix, bom, newline, blank, tmp_path):
+    """A byte-order mark, CRLF line ends and blank lines (empty or whitespace only, between prompts or after the
+    last) are read as a plain file: the same prompts, no BOM in the first; a .txt prompt's id still counts every
+    line, blank ones too."""
+    lines = [json.dumps({"prompt": p}, ensure_ascii=False) if suffix == ".jsonl" else p for p in EDITED]
+    if blank in ("interior", "both"):
+        lines = [lines[0], "", " \t", lines[1], lines[2]]
+    if blank in ("trailing", "both"):
+        lines += ["", "  "]
+    path = tmp_path / f"p{suffix}"
+    path.write_bytes((("\ufeff" if bom else "") + newline.join(lines) + newline).encode())
+    prompts = experiment.read_prompts(str(path))
+    assert [p.text for p in prompts] == EDITED
+    if suffix == ".txt":
+        assert [p.id for p in prompts] == ([1, 4, 5] if blank in ("interior", "both") else [1, 2, 3])
+
+
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_bad_prompts_file(case, tmp_path, capsys, monkeypatch):
     text, suffix, words = BAD_FILES[case]
     path = tmp_path / f"prompts{suffix}"
-    path.write_text(text)
+    path.write_bytes(text.encode())  # as written: CRLF stays CRLF
     monkeypatch.setattr(run, "load", lambda *a: pytest.fail("weights loaded before the file was checked"))
     out = tmp_path / "out"
     assert run.main(["--prompts", str(path), "--output-dir", str(out), *TINY]) == 2
