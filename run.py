@@ -90,14 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_options(parser.add_argument_group("the experiment (--prompts)"))
     hints = typing.get_type_hints(SamplingConfig)
     for f in dataclasses.fields(SamplingConfig):
-        flag = "--" + f.name.replace("_", "-")
         help = f"{f.metadata['help']} [{f.metadata['source']}]"
         if hints[f.name] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=f.default, help=help)
             continue
         kind = {int: int, float: float, str: str, int | None: int}[hints[f.name]]
-        parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help)
+        parser.add_argument(flag(f.name), type=kind, default=f.default, choices=f.metadata.get("choices"), help=help)
     return parser
+
+
+def flag(field: str) -> str:
+    """The option of a SamplingConfig field (top_p -> --top-p): what the CLI's errors call it."""
+    return "--" + field.replace("_", "-")
 
 
 def experiment_options(group) -> None:
@@ -112,9 +116,13 @@ def experiment_options(group) -> None:
                        help="also score every final response with this reward model (it does not guide)")
 
 
-def config_from_args(args) -> SamplingConfig:
+def config_from_args(args, **replaced) -> SamplingConfig:
+    """The SamplingConfig of the parsed options (`replaced` fields set instead, e.g. one of --methods); an
+    out-of-range value is a UsageError naming the option (--methods where the method came from it)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)} | replaced
+    name = lambda field: "--methods" if field == "method" and "method" in replaced else flag(field)  # noqa: E731
     try:
-        return SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}).validate()
+        return SamplingConfig(**values).validate(name)
     except ValueError as error:  # an out-of-range option
         raise UsageError(str(error)) from None
 
@@ -230,7 +238,7 @@ def make_plan(dllm_name: str, reward_name: str, prompts: list[str], config: Samp
         where = f"{labels[index]}: " if labels is not None else ""  # which prompt, in an error
         tokens = dllm.tokenizer(models.prompt_text(dllm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
         if len(tokens) + L > dllm_context:
-            raise UsageError(f"{where}prompt ({len(tokens)} tokens) + max-new-tokens ({L}) exceeds the denoiser's context "
+            raise UsageError(f"{where}prompt ({len(tokens)} tokens) + --max-new-tokens ({L}) exceeds the denoiser's context "
                              f"of {dllm_context} tokens")
         prefix, suffix = rewards.chat_pieces(reward.tokenizer, prompt)
         if len(prefix) + L + len(suffix) > reward_context:
@@ -475,14 +483,9 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         raise UsageError("--output is for --prompt runs (--prompts writes to --output-dir)")
     if args.output_dir is None and not args.dry_run:
         raise UsageError("--prompts needs --output-dir")
-    base = config_from_args(args)
     methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
-    configs = {}
-    for method in methods:
-        try:
-            configs[method] = dataclasses.replace(base, method=method).validate()
-        except ValueError as error:
-            raise UsageError(f"--methods: {error}") from None
+    configs = {method: config_from_args(args, method=method) for method in methods}  # (--method is not read)
+    base = configs[methods[0]]
     seeds = parse_list(args.seeds, [args.seed], "--seeds", int)
     for seed in seeds:
         check_seed(seed, "--seeds")

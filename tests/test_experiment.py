@@ -362,7 +362,8 @@ def test_bad_prompts_file(case, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--output-dir", "{out}", "--methods", "entrgi,foo"], "method must be one of"),
+    (["--output-dir", "{out}", "--methods", "entrgi,foo"], "error: --methods must be one of"),
+    (["--output-dir", "{out}", "--methods", "bon,aps", "--temperature", "0"], "error: --methods aps needs --temperature"),
     (["--output-dir", "{out}", "--methods", "bon,bon"], "distinct"),
     (["--output-dir", "{out}", "--seeds", "0,x"], "--seeds must be"),
     (["--output-dir", "{out}", "--seeds", "-1"], "--seeds must be in"),

@@ -375,10 +375,10 @@ def assert_usage_error(argv: list[str], capsys, tmp_path: Path, *words: str) -> 
     (["--temperature", "0"], ["temperature", "entrgi"]),
     (["--temperature", "0", "--method", "aps"], ["temperature", "aps"]),
     (["--temperature", "0", "--method", "expectation"], ["temperature", "expectation"]),
-    (["--top-p", "0"], ["top_p"]),
-    (["--top-p", "1.5"], ["top_p"]),
-    (["--top-p", "-0.2"], ["top_p"]),
-    (["--max-new-tokens", "0"], ["max_new_tokens"]),
+    (["--top-p", "0"], ["--top-p"]),
+    (["--top-p", "1.5"], ["--top-p"]),
+    (["--top-p", "-0.2"], ["--top-p"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens"]),
     (["--max-new-tokens", "600"], ["context", "512"]),
     (["--prompt", "word " * 600], ["context", "512"]),
     # Fits the denoiser (263 + 8 of 512 positions) but not the reward model, whose smaller
@@ -389,6 +389,26 @@ def test_bad_sampling_input(flags, words, capsys, tmp_path):
     """An out-of-range option or an unusable prompt: one error line, exit 2, no output file."""
     argv = ["--prompt", PROMPT, *TINY, *flags]
     assert_usage_error(argv, capsys, tmp_path, *words)
+
+
+@pytest.mark.parametrize("flags, start", [
+    (["--K", "0"], "--K must be >= 1"),
+    (["--T", "0"], "--T must be >= 1"),
+    (["--M", "-1"], "--M must be >= 0"),
+    (["--eta", "0"], "--eta must be finite and > 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--temperature", "-1"], "--temperature must be finite and >= 0"),
+    (["--temperature", "1e-40"], "--temperature must be 0 or >="),
+    (["--temperature", "0"], "--method entrgi needs --temperature > 0"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--eps", "1"], "--eps must be in (0, 1)"),
+    (["--max-new-tokens", "600"], "prompt (23 tokens) + --max-new-tokens (600)"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_errors_name_the_option_typed(flags, start, capsys, tmp_path):
+    """An out-of-range sampling option is reported under the option's name as typed (--top-p, not top_p)."""
+    line = assert_usage_error(["--prompt", PROMPT, *TINY, *flags], capsys, tmp_path)
+    assert line.startswith("error: " + start), line
 
 
 def test_unknown_method(capsys, tmp_path):
