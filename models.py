@@ -213,12 +213,12 @@ def resolve_checkpoint(name: str, what: str) -> str:
         return snapshot_download(name, local_files_only=True)  # already in the hub cache
     except LOAD_ERRORS:
         pass
-    hint = "pass the checkpoint's local directory instead"
+    hint = f"download it where there is network (hf download {name} --local-dir DIR), then pass {what} DIR"
     if constants.HF_HUB_OFFLINE:
         raise UsageError(f"cannot load model {name!r}: not in the local hub cache and HF_HUB_OFFLINE is set; {hint}")
     if not _hub_reachable():
         raise UsageError(f"cannot load model {name!r}: the hub ({constants.ENDPOINT}) is unreachable and it is not "
-                         f"in the local cache; {hint}, or set HF_HUB_OFFLINE=1")
+                         f"in the local cache; {hint}")
     try:
         return snapshot_download(name, allow_patterns=CONFIG_FILES)  # a --dry-run downloads no weight
     except LOAD_ERRORS as error:
@@ -350,12 +350,13 @@ def denoiser_checkpoint(name: str) -> Checkpoint:
     return Checkpoint(name, directory, config, tokenizer, Qwen2ForCausalLM, generation, raw.get("model_type"))
 
 
-def reward_checkpoint(name: str) -> Checkpoint:
-    """A sequence-classifier reward model with one output: its config and tokenizer, without weights."""
+def reward_checkpoint(name: str, flag: str = "--reward-model") -> Checkpoint:
+    """A sequence-classifier reward model with one output: its config and tokenizer, without weights.
+    `flag`: the option that named it, for errors (--eval-reward-model for the eval model)."""
     if name == "tiny":
         tokenizer = tiny_tokenizer(TINY_REWARD_VOCAB)
         return Checkpoint(name, None, tiny_reward_config(tokenizer), tokenizer, Qwen3ForSequenceClassification)
-    directory = resolve_checkpoint(name, "--reward-model")
+    directory = resolve_checkpoint(name, flag)
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except LOAD_ERRORS as error:

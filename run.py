@@ -507,7 +507,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         raise UsageError("the reward model's chat template ends different prompts' turns differently")
     eval_checkpoint = None
     if args.eval_reward_model is not None:
-        eval_checkpoint = models.reward_checkpoint(args.eval_reward_model)
+        eval_checkpoint = models.reward_checkpoint(args.eval_reward_model, "--eval-reward-model")
         context = eval_checkpoint.config.max_position_embeddings
         for prompt in prompts:
             prefix, suffix = rewards.chat_pieces(eval_checkpoint.tokenizer, prompt.text)

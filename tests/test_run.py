@@ -682,7 +682,10 @@ def test_default_hub_ids_fail_fast_offline(flag, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     other = ["--reward-model", "tiny"] if flag == "--dllm" else ["--dllm", "tiny"]
     argv = ["--prompt", PROMPT, "--T", "2", "--no-progress", "--device", "cpu", *other]
-    assert_usage_error(argv, capsys, tmp_path, "HF_HUB_OFFLINE", "local directory")
+    line = assert_usage_error(argv, capsys, tmp_path, "HF_HUB_OFFLINE is set")
+    name = models.DEFAULT_DLLM if flag == "--dllm" else models.DEFAULT_REWARD
+    assert line.endswith(f"download it where there is network (hf download {name} --local-dir DIR), "
+                         f"then pass {flag} DIR"), line
 
 
 def test_unreachable_hub_fails_fast(capsys, tmp_path, monkeypatch):
@@ -702,7 +705,17 @@ def test_unreachable_hub_fails_fast(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", local_only)
     argv = ["--prompt", PROMPT, *TINY, "--dllm", "some-org/some-model"]
-    assert_usage_error(argv, capsys, tmp_path, "unreachable", "local directory", "HF_HUB_OFFLINE=1")
+    line = assert_usage_error(argv, capsys, tmp_path, "unreachable")
+    assert line.endswith("(hf download some-org/some-model --local-dir DIR), then pass --dllm DIR"), line
+    assert "HF_HUB_OFFLINE" not in line  # offline mode cannot fetch what is not cached: no way out
+    status, _, err = cli(["--prompts", str(write_lines(tmp_path / "p.txt", [PROMPT])), *TINY, "--output-dir",
+                          str(tmp_path / "o"), "--eval-reward-model", "some-org/reward"], capsys)
+    assert status == 2 and err.count("\n") == 1 and err.endswith("then pass --eval-reward-model DIR\n"), err
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
 
 
 def test_help_text(capsys):
