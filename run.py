@@ -179,10 +179,17 @@ def check_output_path(path: str | Path, flag: str = "--output") -> Path:
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: no partial file, ever."""
+    """Write to a temporary file beside `path`, then rename: no partial file, ever.
+
+    The file gets the mode an ordinary open() gives a new file, 0666 less the umask (mkstemp's
+    temporary file is 0600, which the rename would otherwise carry over).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)  # read it (there is no other portable way), then put it back
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2)
         os.replace(tmp, path)

@@ -300,6 +300,40 @@ def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path):
     assert records(out) == records(outs[3])
 
 
+# --------------------------------------------------------------------------- file modes
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for a test (put back after it)."""
+    before = os.umask(0o022)
+    yield os.umask
+    os.umask(before)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
+def test_json_files_get_the_mode_open_gives(mask, umask, tmp_path):
+    """write_json_atomically's file has the mode of a file open() creates under the same umask (not mkstemp's 0600)."""
+    umask(mask)
+    run.write_json_atomically(tmp_path / "a.json", {"x": 1})
+    with open(tmp_path / "plain", "w"):
+        pass
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "plain"]
+
+
+def test_every_output_file_gets_the_umasks_mode(umask, tmp_path, capsys):
+    """Under umask 027: records.jsonl, config.json, summary.json and a --prompt run's --output are all 0640."""
+    umask(0o027)
+    out = tmp_path / "out"
+    assert run.main(["--prompts", str(write_prompts(tmp_path / "p.jsonl", PROMPTS[2:])), "--output-dir", str(out),
+                     *BASE, "--methods", "bon"]) == 0
+    assert run.main(["--prompt", "Hi", *BASE, "--method", "bon", "--output", str(tmp_path / "one.json")]) == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*out.iterdir(), tmp_path / "one.json"]}
+    assert modes == {"records.jsonl": 0o640, "config.json": 0o640, "summary.json": 0o640, "one.json": 0o640}
+
+
 # --------------------------------------------------------------------------- bad input
 
 
