@@ -546,18 +546,22 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         return [key for key in order if key in done]
 
     done = set(ddp.from_rank0(prepare))
+    left = len(order) - len(done)
+    if left == 0 and ddp.rank == 0:  # a finished run resumed: no model to load, the summary written again
+        print(f"--resume: nothing left to do: {directory} holds all {len(order)} records; the summary is in "
+              f"{directory / experiment.SUMMARY}", file=sys.stderr)
 
     # 3. The models, once; then the batches. Each record is on disk before the next batch starts.
-    loaded = load(plan, device, dtype)
+    loaded = load(plan, device, dtype) if left else None
     eval_reward = None
-    if eval_checkpoint is not None:
+    if eval_checkpoint is not None and left:
         eval_reward = (models.load_weights(eval_checkpoint, dtype).to(device), eval_checkpoint.tokenizer)
     work = {(m, s): [i for i, p in enumerate(prompts) if (p.key, m, s) not in done][ddp.rank::ddp.world]
             for m in methods for s in seeds}  # this rank's share of what is left
     from tqdm import tqdm
 
     bar = tqdm(total=sum(map(len, work.values())), desc="records" if ddp.world == 1 else f"rank {ddp.rank} records",
-               unit="record", file=sys.stderr, disable=args.no_progress)
+               unit="record", file=sys.stderr, disable=args.no_progress or not left)
     for (method, seed), indices in work.items():
         config = configs[method]
         for start in range(0, len(indices), batch_size):
@@ -587,7 +591,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     records = store.merge(order)
     summary = {"fingerprint": fingerprint, "records": len(records),
                "bootstrap": {"seed": experiment.BOOTSTRAP_SEED, "resamples": experiment.BOOTSTRAP_RESAMPLES},
-               "methods": experiment.summarise(records, methods, eval_reward is not None)}
+               "methods": experiment.summarise(records, methods, eval_checkpoint is not None)}
     write_json_atomically(directory / experiment.SUMMARY, summary)
     print(experiment.table(summary["methods"]))
     return 0

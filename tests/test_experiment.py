@@ -292,12 +292,23 @@ def test_resume_under_other_settings_is_refused(runs, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path):
+def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path, capsys, monkeypatch):
+    """--resume of a finished run: no record changes, no model loads, no empty progress bar ('0record'); one line
+    says that nothing is left to do and where the summary is, which is written again (here it was lost)."""
     prompts, outs = runs
     out = tmp_path / "again"
     shutil.copytree(outs[3], out)
-    assert experiment_run(prompts, out, "--resume", "--batch-size", "2") == 0
+    (out / "summary.json").unlink()
+    monkeypatch.setattr(run, "load", lambda *a: pytest.fail("models loaded with nothing left to do"))
+    capsys.readouterr()
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "2", "--no-progress") == 0
     assert records(out) == records(outs[3])
+    assert json.loads((out / "summary.json").read_text()) == json.loads((outs[3] / "summary.json").read_text())
+    assert capsys.readouterr().err == (f"--resume: nothing left to do: {out} holds all {len(PROMPTS) * 2} records; "
+                                       f"the summary is in {out / 'summary.json'}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir", str(out),
+                           *TINY, "--resume"], env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "record" not in done.stderr.replace("all 6 records", ""), done.stderr
 
 
 # --------------------------------------------------------------------------- file modes
