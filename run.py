@@ -480,6 +480,7 @@ def run_experiment(args) -> int:
             print(f"error: {where}{first_line(error)}", file=sys.stderr)
         return 2 if not isinstance(error, experiment.Rank0Error) or error.usage else 1
     finally:
+        experiment.unlock_all()
         ddp.close()
 
 
@@ -534,7 +535,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     order = [(p.key, m, s) for p in prompts for m in methods for s in seeds]
 
     def prepare() -> list[tuple]:
-        done = store.prepare(fingerprint, args.resume)
+        done = store.prepare(fingerprint, args.resume, settings)
         for prompt in prompts:
             record = next((done[k] for k in done if k[0] == prompt.key), None)
             if record is not None and (record["prompt"], record["fields"]) != (prompt.text, prompt.fields):

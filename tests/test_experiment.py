@@ -18,8 +18,9 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   2, before any weight loads, with nothing written;
 * resume: a run killed with SIGKILL before its first record or after it, and a directory whose last line
   is torn, end after `--resume` with exactly the records of an uninterrupted run (none
-  missing, none twice, no torn line); resuming under other settings, or reusing a non-empty
-  directory without --resume, is a one-line error that leaves the directory as it was;
+  missing, none twice, no torn line); resuming under other settings (the error names them,
+  old -> new), reusing a non-empty directory without --resume, or a second run on a
+  directory whose lock is held, is a one-line error that leaves the directory as it was;
 * summary.json's means, bootstrap intervals and paired differences to bon follow from
   records.jsonl (recomputed here with the documented bootstrap), and --eval-reward-model
   scores every response with the second model (here the same tiny model: the same scores).
@@ -183,7 +184,7 @@ def test_two_processes_equal_one(runs, tmp_path):
                            "--output-dir", str(out), "--batch-size", "2", *TINY],
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json", "records.jsonl", "summary.json"]
     assert_same_records(records(out), records(outs[2]), exact_floats=False)
     assert json.loads((out / "config.json").read_text())["processes"] == 2
 
@@ -282,14 +283,47 @@ def test_resume_under_other_settings_is_refused(runs, tmp_path, capsys):
     shutil.copytree(outs[2], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert experiment_run(prompts, out, "--resume", "--temperature", "0.9") == 2
+    assert experiment_run(prompts, out, "--resume", "--temperature", "0.9", "--top-k", "5") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --resume:") and "other settings" in err
+    assert "other settings: --temperature 0.7 -> 0.9, --top-k None -> 5 (fingerprint " in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert experiment_run(prompts, out) == 2  # no --resume
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not empty" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused(runs, tmp_path, capsys, monkeypatch):
+    """While a run holds DIR's lock (taken here as another process would, fcntl.flock on DIR/.lock), a second
+    run on DIR -- resumed or new -- is one error line, exit 2, before any model loads, DIR unchanged; the lock
+    is free again when its holder lets go (the kernel frees it at any exit, kill -9 included: see
+    test_resume_after_sigkill)."""
+    import fcntl
+
+    prompts, outs = runs
+    out = tmp_path / "busy"
+    shutil.copytree(outs[1], out)
+    (out / "summary.json").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(run, "load", lambda *a: pytest.fail("models loaded"))
+    capsys.readouterr()
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert experiment_run(prompts, out, "--resume", "--batch-size", "1") == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --output-dir {out} is in use by another run (it holds {out / '.lock'}); " \
+                      "wait for that run to end\n"
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "1", "--no-progress") == 0  # free again
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "1", "--no-progress") == 0  # and released
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").touch()
+    with open(fresh / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert experiment_run(prompts, fresh) == 2 and "in use by another run" in capsys.readouterr().err
+    assert [p.name for p in fresh.iterdir()] == [".lock"]
 
 
 def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path, capsys, monkeypatch):
@@ -342,7 +376,8 @@ def test_every_output_file_gets_the_umasks_mode(umask, tmp_path, capsys):
                      *BASE, "--methods", "bon"]) == 0
     assert run.main(["--prompt", "Hi", *BASE, "--method", "bon", "--output", str(tmp_path / "one.json")]) == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in [*out.iterdir(), tmp_path / "one.json"]}
-    assert modes == {"records.jsonl": 0o640, "config.json": 0o640, "summary.json": 0o640, "one.json": 0o640}
+    assert modes == {"records.jsonl": 0o640, "config.json": 0o640, "summary.json": 0o640, "one.json": 0o640,
+                     ".lock": 0o640}
 
 
 # --------------------------------------------------------------------------- bad input
