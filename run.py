@@ -13,7 +13,8 @@ response is decoded and scored on real tokens (`rewards.score_texts`): Top@1 = m
 K, Avg@N = mean over K. `--method bon` samples without guidance (Best-of-N). Loading the
 checkpoints as they are shipped, and the tiny in-process models, is `models.py`.
 
-Exit status: 0 on success, 2 on bad input (one line on stderr; no output file is written).
+Exit status: 0 on success, 2 on bad input (one line on stderr; no output file is written),
+130 on Ctrl-C (one line: what is kept, and how to go on).
 """
 
 from __future__ import annotations
@@ -474,6 +475,10 @@ def run_experiment(args) -> int:
     ddp = experiment.Distributed.from_env()
     try:
         return experiment_loop(args, ddp)
+    except KeyboardInterrupt:  # Ctrl-C (every rank gets it under torchrun; rank 0 speaks)
+        if ddp.rank == 0:
+            print(("" if args.no_progress else "\n") + interrupted(args), file=sys.stderr)  # after the bar's line
+        return 130
     except (UsageError, sampler.NonFiniteError) as error:
         if not isinstance(error, experiment.Rank0Error):  # rank 0 reports its own errors, other ranks theirs
             where = f"rank {ddp.rank}: " if ddp.rank > 0 else ""
@@ -482,6 +487,21 @@ def run_experiment(args) -> int:
     finally:
         experiment.unlock_all()
         ddp.close()
+
+
+def interrupted(args) -> str:
+    """The line a Ctrl-C prints: what is kept, and how to go on."""
+    if args.prompts is None:
+        return "interrupted: nothing written (a --prompt run writes its result only at its end); run it again"
+    directory = Path(args.output_dir) if args.output_dir is not None and not args.dry_run else None
+    if directory is None or not directory.is_dir():
+        return "interrupted before anything was written; run the command again"
+    try:
+        kept = len(experiment.Store(directory).read())
+    except (OSError, UsageError):
+        kept = "the"
+    return (f"interrupted: {kept} complete record{'' if kept == 1 else 's'} kept in {directory}; "
+            "to go on, run the same command with --resume")
 
 
 def experiment_loop(args, ddp: experiment.Distributed) -> int:
@@ -604,16 +624,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_experiment(args)
     try:
         result = run(args)
+        if "plan" in result:
+            print("\n".join(result["plan"]))
+            return 0
+        report(result)
+        output = result.pop("output")
+        if output is not None:
+            write_json_atomically(Path(output), result)
     except (UsageError, sampler.NonFiniteError) as error:  # bad input; any other exception keeps its traceback
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
-    if "plan" in result:
-        print("\n".join(result["plan"]))
-        return 0
-    report(result)
-    output = result.pop("output")
-    if output is not None:
-        write_json_atomically(Path(output), result)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print(("" if args.no_progress else "\n") + interrupted(args), file=sys.stderr)  # after the bar's line
+        return 130
     return 0
 
 

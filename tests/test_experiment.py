@@ -21,6 +21,10 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   missing, none twice, no torn line); resuming under other settings (the error names them,
   old -> new), reusing a non-empty directory without --resume, or a second run on a
   directory whose lock is held, is a one-line error that leaves the directory as it was;
+* Ctrl-C (injected mid-run, or SIGINT to the process group as a terminal sends it, alone and
+  under torchrun): exit 130 and one line saying how many records are kept and to go on with
+  --resume, which then ends with the uninterrupted run's records; a --prompt run says nothing
+  was written;
 * summary.json's means, bootstrap intervals and paired differences to bon follow from
   records.jsonl (recomputed here with the documented bootstrap), and --eval-reward-model
   scores every response with the second model (here the same tiny model: the same scores).
@@ -343,6 +347,86 @@ def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path, capsys, monk
     done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir", str(out),
                            *TINY, "--resume"], env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "record" not in done.stderr.replace("all 6 records", ""), done.stderr
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def interrupt_on_call(monkeypatch, n: int) -> None:
+    """run.generate_batch raises KeyboardInterrupt (Ctrl-C) on its n-th call, as if it came mid-batch."""
+    real, calls = run.generate_batch, []
+
+    def generate_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "generate_batch", generate_batch)
+
+
+def interrupted_main(argv: list[str]) -> int:
+    try:
+        return run.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through run.main (a traceback for the user)")
+
+
+def test_ctrl_c_keeps_the_records_and_says_how_to_go_on(runs, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the third batch (B = 1): exit 130, one line naming the 2 records kept and --resume; the resumed
+    run ends with the uninterrupted run's records."""
+    prompts, outs = runs
+    out = tmp_path / "ctrl-c"
+    interrupt_on_call(monkeypatch, 3)
+    capsys.readouterr()
+    assert interrupted_main(["--prompts", str(prompts), "--output-dir", str(out), *TINY, "--batch-size", "1"]) == 130
+    assert capsys.readouterr().err == \
+        f"interrupted: 2 complete records kept in {out}; to go on, run the same command with --resume\n"
+    monkeypatch.undo()
+    assert experiment_run(prompts, out, "--batch-size", "1", "--resume") == 0
+    assert_same_records(records(out), records(outs[1]), exact_floats=True)
+
+
+def test_ctrl_c_of_a_single_prompt(tmp_path, capsys, monkeypatch):
+    interrupt_on_call(monkeypatch, 1)
+    status = interrupted_main(["--prompt", "Hi", *BASE, "--output", str(tmp_path / "x.json")])
+    assert status == 130 and not (tmp_path / "x.json").exists()
+    assert capsys.readouterr().err == \
+        "interrupted: nothing written (a --prompt run writes its result only at its end); run it again\n"
+
+
+def wait_for_a_record(out: Path, child: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None and not any(
+            p.name.startswith("records") and p.stat().st_size for p in (out.iterdir() if out.is_dir() else [])):
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_as_a_terminal_sends_it(processes, runs, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C, once a record is on disk: the run's processes
+    print one line (rank 0) and no traceback; one process exits 130. Under torchrun the launcher itself reports
+    the signal (its own SignalException, exit 1: not this program's output)."""
+    prompts, _ = runs
+    out = tmp_path / "sigint"
+    launcher = [sys.executable]
+    if processes == 2:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    child = subprocess.Popen([*launcher, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir", str(out),
+                              "--batch-size", "1", *TINY, "--T", "64", "--max-new-tokens", "64"],
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    wait_for_a_record(out, child)
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=300)
+    ours = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    assert len(ours) == 1 and ours[0].endswith(f"kept in {out}; to go on, run the same command with --resume"), err
+    assert "KeyboardInterrupt" not in err and f'File "{ROOT}' not in err, err  # no traceback through this program
+    if processes == 1:
+        assert child.returncode == 130 and err == ours[0] + "\n", err
 
 
 # --------------------------------------------------------------------------- file modes
