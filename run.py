@@ -30,6 +30,9 @@ import time
 import typing
 from pathlib import Path
 
+if __package__:  # installed: imported as entrgi_ref.run (docs/install.md); its siblings live beside it, first
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 import torch
 import transformers
 from torch import Tensor
