@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,8 +32,12 @@ DRY_RUN = ["--prompt", "Hi", "--dllm", "tiny", "--reward-model", "tiny", "--dry-
 def installed(tmp_path_factory) -> tuple[Path, str]:
     """(site directory with the unpacked wheel, the console script's entry point 'module:function')."""
     root = tmp_path_factory.mktemp("install")
+    source = root / "source"  # the project's files only: a checkout's stale build/ would leak into the wheel
+    source.mkdir()
+    for path in [ROOT / "pyproject.toml", ROOT / "README.md", *ROOT.glob("*.py")]:
+        shutil.copy(path, source)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "--wheel-dir", str(root / "dist"), str(ROOT)], capture_output=True, text=True,
+                            "--wheel-dir", str(root / "dist"), str(source)], capture_output=True, text=True,
                            timeout=600, cwd=root)
     if built.returncode != 0 and "No module named" in built.stderr:
         pytest.skip(f"cannot build a wheel here: {built.stderr.strip().splitlines()[-1]}")
