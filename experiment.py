@@ -3,7 +3,8 @@
 `run.py` holds the loop (models load once; per (method, seed) the prompts run in batches
 of B); this module holds what the loop reads and writes, as plain functions:
 
-    read_prompts(FILE)            .jsonl ({"prompt": ..., "id": ..., other fields carried}) or .txt (id = line number)
+    read_prompts(FILE)            .jsonl ({"prompt": ..., "id": ..., other fields carried}) or .txt (id = line number);
+                                  UTF-8 with or without a BOM, LF or CRLF, blank lines skipped
     fingerprint(settings)         sha256 of every setting that changes a record's result
     Store(DIR, rank, world)       records appended one whole line at a time, fsync'ed; resume; merge
     summarise(records, ...)       per method: Top@1 / Avg@N as mean ± standard error over the seeds (the
@@ -14,6 +15,7 @@ of B); this module holds what the loop reads and writes, as plain functions:
 
 Files in DIR:
 
+    .lock                    flock'ed by the run using DIR (a second run on DIR is refused)
     config.json              the full configuration, its fingerprint, library versions (atomic write)
     records.jsonl            one record per (prompt, method, seed), in the prompts file's order,
                              then methods, then seeds; rewritten atomically at the end of a run
@@ -65,12 +67,18 @@ class Prompt:
 
 
 def read_prompts(path: str) -> list[Prompt]:
-    """Every prompt of a .jsonl or .txt file, or a UsageError naming the first bad line."""
+    """Every prompt of a .jsonl or .txt file, or a UsageError naming the first bad line.
+
+    Files as editors write them: UTF-8 with or without a byte-order mark (read as utf-8-sig),
+    lines ending in LF or CRLF, and blank lines (empty or whitespace only) anywhere, which are
+    skipped in both formats. Line numbers count every line, blank ones too: they are what an
+    error names and a .txt prompt's id.
+    """
     file = Path(path)
     if file.suffix not in (".jsonl", ".txt"):
         raise UsageError(f"--prompts {path}: expected a .jsonl or .txt file")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a leading BOM is not part of the first prompt
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--prompts {path} cannot be read: {first_line(error)}") from None
     lines = text.split("\n")
@@ -80,6 +88,8 @@ def read_prompts(path: str) -> list[Prompt]:
     for number, line in enumerate(lines, start=1):
         where = f"{path} line {number}"
         line = line.removesuffix("\r")
+        if not line.strip():
+            continue  # a blank line: no prompt, but it keeps its number
         if file.suffix == ".txt":
             item = {"prompt": line}
         else:
@@ -113,6 +123,56 @@ def read_prompts(path: str) -> list[Prompt]:
 def fingerprint(settings: dict) -> str:
     """sha256 of the canonical JSON of `settings` (first 16 hex digits)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(old: dict | None, new: dict | None) -> str:
+    """The settings that differ between two `settings` dicts, as the options that set them:
+    "--temperature 0.7 -> 0.9, --dllm tiny -> DIR" (sampling fields flattened; "" if none can be told)."""
+    def flat(settings) -> dict:
+        if not isinstance(settings, dict):
+            return {}
+        out = {}
+        for key, value in settings.items():
+            if key == "sampling" and isinstance(value, dict):
+                out.update(value)
+            else:
+                out[key] = value
+        return out
+
+    old, new = flat(old), flat(new)
+    if not old or not new:
+        return ""
+    name = lambda key: key if key == "rng" else "--" + key.replace("_", "-")  # noqa: E731
+    return ", ".join(f"{name(key)} {old.get(key)!r} -> {new.get(key)!r}"
+                     for key in sorted(set(old) | set(new), key=lambda k: (list(new) + list(old)).index(k))
+                     if old.get(key) != new.get(key))
+
+
+LOCK = ".lock"
+_held: list[int] = []  # this process's lock file descriptors
+
+
+def lock(directory: Path) -> None:
+    """Take the exclusive lock of an output directory (fcntl.flock on DIR/.lock, created if need be) for the
+    run's lifetime: a second run on it is a UsageError. The kernel drops it when the process ends, however it
+    ends (kill -9 included); the file stays (removing it would let a waiting run lock a file no longer there)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"--output-dir {directory} is in use by another run (it holds {directory / LOCK}); "
+                         "wait for that run to end") from None
+    _held.append(fd)
+
+
+def unlock_all() -> None:
+    """Release every lock this process took (the end of a run; in-process callers run again)."""
+    while _held:
+        os.close(_held.pop())
 
 
 def record_key(record: dict) -> tuple[str, str, int]:
@@ -158,18 +218,24 @@ class Store:
                 found.setdefault(record_key(record), record)
         return found
 
-    def prepare(self, fingerprint: str, resume: bool) -> dict[tuple, dict]:
-        """Check the directory for a (resumed) run with `fingerprint`; return the records already done.
+    def prepare(self, fingerprint: str, resume: bool, settings: dict | None = None) -> dict[tuple, dict]:
+        """Lock the directory, check it for a (resumed) run with `fingerprint`; return the records already done.
 
+        The lock (`lock`) is taken first and held until the process ends or `unlock_all`.
         Without --resume the directory must be new or empty. With it, config.json and every
-        record must carry the same fingerprint.
+        record must carry the same fingerprint; where config.json's differs, the error names
+        the settings that differ (old -> new), given this run's `settings`.
         """
         d = self.directory
         if d.exists() and not d.is_dir():
             raise UsageError(f"--output-dir {d} is a file")
-        entries = [p for p in d.iterdir() if not p.name.startswith(".")] if d.exists() else []
-        if entries and not resume:
-            raise UsageError(f"--output-dir {d} is not empty; pass --resume to continue the run it holds")
+        entries = lambda: [p for p in d.iterdir() if not p.name.startswith(".")] if d.exists() else []  # noqa: E731
+        for step in ("before", "after"):  # before: a foreign directory gets no lock file; after: a run just ended
+            if entries() and not resume:
+                raise UsageError(f"--output-dir {d} is not empty; pass --resume to continue the run it holds")
+            if step == "before":
+                lock(d)
+        entries = entries()
         if not entries:
             return {}
         config = d / CONFIG
@@ -179,8 +245,10 @@ class Store:
             except (OSError, ValueError, AttributeError):
                 raise UsageError(f"{config} is not a configuration this program wrote") from None
             if theirs != fingerprint:
-                raise UsageError(f"--resume: {d} was written with other settings (fingerprint {theirs}, "
-                                 f"these give {fingerprint}; {CONFIG} lists them)")
+                changed = differences(json.loads(config.read_text()).get("settings"), settings)
+                raise UsageError(f"--resume: {d} was written with other settings: "
+                                 + (f"{changed} " if changed else "")
+                                 + f"(fingerprint {theirs}, these give {fingerprint}; {CONFIG} lists them)")
         done = self.read()
         other = next((r for r in done.values() if r.get("fingerprint") != fingerprint), None)
         if other is not None:

@@ -97,17 +97,29 @@ TINY_CORPUS = [
 TINY_SPECIALS = [EOS_TOKEN, "<|im_start|>", "<|im_end|>", MASK_TOKEN]
 
 
+# Tokenizer sizes of the tiny models: the 4 specials and the 256 bytes (ids 0-259), then the merges learnt
+# from TINY_CORPUS. The corpus yields 266 merges in all, so the denoiser's tokenizer stops at 526 tokens
+# (its embedding: 576 rows); the reward model's keeps the first 220, so that some denoiser tokens have no
+# counterpart in it (the vocabulary bridge's unmapped tokens, as between Dream and Skywork).
+TINY_DLLM_VOCAB = 660
+TINY_REWARD_VOCAB = 480
+
+
 def tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on TINY_CORPUS (deterministic), with Qwen's specials and chat template.
 
-    Its alphabet is the corpus's characters only, so that tiny responses print as readable text.
+    Byte-level as Qwen's: a ByteLevel pre-tokenizer and decoder, and all 256 bytes in the base
+    alphabet (after the specials), so that every UTF-8 string encodes and decodes back to itself
+    (newlines, digits, accents, emoji); the merges are learnt from the corpus. `vocab_size` caps
+    the tokens (specials + bytes + merges); the corpus's merges run out at 526.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS, show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(TINY_CORPUS * 4, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
                                         mask_token=MASK_TOKEN, additional_special_tokens=TINY_SPECIALS[1:3])
@@ -140,14 +152,14 @@ def tiny_reward_config(tokenizer) -> Qwen3Config:
     )
 
 
-def tiny_dllm(seed: int = 0, vocab_size: int = 400) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+def tiny_dllm(seed: int = 0, vocab_size: int = TINY_DLLM_VOCAB) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """A seeded tiny Qwen2 denoiser and its tokenizer."""
     tokenizer = tiny_tokenizer(vocab_size)
     config = tiny_dllm_config(tokenizer)
     return seeded(seed, lambda: Qwen2ForCausalLM(config)).eval(), tokenizer
 
 
-def tiny_reward(seed: int = 1, vocab_size: int = 260) -> tuple[Qwen3ForSequenceClassification, PreTrainedTokenizerFast]:
+def tiny_reward(seed: int = 1, vocab_size: int = TINY_REWARD_VOCAB) -> tuple[Qwen3ForSequenceClassification, PreTrainedTokenizerFast]:
     """A seeded tiny Qwen3 sequence classifier with its own (smaller) tokenizer."""
     tokenizer = tiny_tokenizer(vocab_size)
     config = tiny_reward_config(tokenizer)
@@ -201,12 +213,12 @@ def resolve_checkpoint(name: str, what: str) -> str:
         return snapshot_download(name, local_files_only=True)  # already in the hub cache
     except LOAD_ERRORS:
         pass
-    hint = "pass the checkpoint's local directory instead"
+    hint = f"download it where there is network (hf download {name} --local-dir DIR), then pass {what} DIR"
     if constants.HF_HUB_OFFLINE:
         raise UsageError(f"cannot load model {name!r}: not in the local hub cache and HF_HUB_OFFLINE is set; {hint}")
     if not _hub_reachable():
         raise UsageError(f"cannot load model {name!r}: the hub ({constants.ENDPOINT}) is unreachable and it is not "
-                         f"in the local cache; {hint}, or set HF_HUB_OFFLINE=1")
+                         f"in the local cache; {hint}")
     try:
         return snapshot_download(name, allow_patterns=CONFIG_FILES)  # a --dry-run downloads no weight
     except LOAD_ERRORS as error:
@@ -313,7 +325,7 @@ class Checkpoint:
 def denoiser_checkpoint(name: str) -> Checkpoint:
     """Dream (or any Qwen2-layout checkpoint): its config as a Qwen2Config, and its tokenizer, without weights."""
     if name == "tiny":
-        tokenizer = tiny_tokenizer(400)
+        tokenizer = tiny_tokenizer(TINY_DLLM_VOCAB)
         return Checkpoint(name, None, tiny_dllm_config(tokenizer), tokenizer, Qwen2ForCausalLM)
     directory = resolve_checkpoint(name, "--dllm")
     raw = _read_json(directory, "config.json", name)
@@ -338,12 +350,13 @@ def denoiser_checkpoint(name: str) -> Checkpoint:
     return Checkpoint(name, directory, config, tokenizer, Qwen2ForCausalLM, generation, raw.get("model_type"))
 
 
-def reward_checkpoint(name: str) -> Checkpoint:
-    """A sequence-classifier reward model with one output: its config and tokenizer, without weights."""
+def reward_checkpoint(name: str, flag: str = "--reward-model") -> Checkpoint:
+    """A sequence-classifier reward model with one output: its config and tokenizer, without weights.
+    `flag`: the option that named it, for errors (--eval-reward-model for the eval model)."""
     if name == "tiny":
-        tokenizer = tiny_tokenizer(260)
+        tokenizer = tiny_tokenizer(TINY_REWARD_VOCAB)
         return Checkpoint(name, None, tiny_reward_config(tokenizer), tokenizer, Qwen3ForSequenceClassification)
-    directory = resolve_checkpoint(name, "--reward-model")
+    directory = resolve_checkpoint(name, flag)
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except LOAD_ERRORS as error:

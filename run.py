@@ -13,7 +13,8 @@ response is decoded and scored on real tokens (`rewards.score_texts`): Top@1 = m
 K, Avg@N = mean over K. `--method bon` samples without guidance (Best-of-N). Loading the
 checkpoints as they are shipped, and the tiny in-process models, is `models.py`.
 
-Exit status: 0 on success, 2 on bad input (one line on stderr; no output file is written).
+Exit status: 0 on success, 2 on bad input (one line on stderr; no output file is written),
+130 on Ctrl-C (one line: what is kept, and how to go on).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import tempfile
 import time
 import typing
 from pathlib import Path
+
+if __package__:  # installed: imported as entrgi_ref.run (docs/install.md); its siblings live beside it, first
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import transformers
@@ -101,14 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_options(parser.add_argument_group("the prompts of --dataset"))
     hints = typing.get_type_hints(SamplingConfig)
     for f in dataclasses.fields(SamplingConfig):
-        flag = "--" + f.name.replace("_", "-")
         help = f"{f.metadata['help']} [{f.metadata['source']}]"
         if hints[f.name] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=f.default, help=help)
             continue
         kind = {int: int, float: float, str: str, int | None: int}[hints[f.name]]
-        parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help)
+        parser.add_argument(flag(f.name), type=kind, default=f.default, choices=f.metadata.get("choices"), help=help)
     return parser
+
+
+def flag(field: str) -> str:
+    """The option of a SamplingConfig field (top_p -> --top-p): what the CLI's errors call it."""
+    return "--" + field.replace("_", "-")
 
 
 def experiment_options(group) -> None:
@@ -140,9 +148,13 @@ def dataset_options(group) -> None:
 DATASET_FLAGS = ("split", "prompt_field", "subset_size", "subset_field", "subset_name", "subset_seed")
 
 
-def config_from_args(args) -> SamplingConfig:
+def config_from_args(args, **replaced) -> SamplingConfig:
+    """The SamplingConfig of the parsed options (`replaced` fields set instead, e.g. one of --methods); an
+    out-of-range value is a UsageError naming the option (--methods where the method came from it)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)} | replaced
+    name = lambda field: "--methods" if field == "method" and "method" in replaced else flag(field)  # noqa: E731
     try:
-        return SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}).validate()
+        return SamplingConfig(**values).validate(name)
     except ValueError as error:  # an out-of-range option
         raise UsageError(str(error)) from None
 
@@ -199,16 +211,10 @@ def check_output_path(path: str | Path, flag: str = "--output") -> Path:
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: no partial file, ever."""
+    """Write to a temporary file beside `path`, then rename: no partial file, ever; the file gets the
+    mode an ordinary open() gives a new file (summaries.atomic_write, the one place for both)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    summaries.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
 
 def decode_responses(tokenizer, tokens: Tensor, end_ids) -> list[str]:
@@ -267,7 +273,7 @@ def tokenize_prompts(dllm: models.Checkpoint, reward: models.Checkpoint, prompts
         where = f"{labels[index]}: " if labels is not None else ""  # which prompt, in an error
         tokens = dllm.tokenizer(models.prompt_text(dllm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
         if len(tokens) + L > dllm_context:
-            raise UsageError(f"{where}prompt ({len(tokens)} tokens) + max-new-tokens ({L}) exceeds the denoiser's context "
+            raise UsageError(f"{where}prompt ({len(tokens)} tokens) + --max-new-tokens ({L}) exceeds the denoiser's context "
                              f"of {dllm_context} tokens")
         prefix, suffix = rewards.chat_pieces(reward.tokenizer, prompt)
         if len(prefix) + L + len(suffix) > reward_context:
@@ -557,13 +563,33 @@ def run_experiment(args) -> int:
     ddp = experiment.Distributed.from_env()
     try:
         return experiment_loop(args, ddp)
+    except KeyboardInterrupt:  # Ctrl-C (every rank gets it under torchrun; rank 0 speaks)
+        if ddp.rank == 0:
+            print(("" if args.no_progress else "\n") + interrupted(args), file=sys.stderr)  # after the bar's line
+        return 130
     except (UsageError, sampler.NonFiniteError) as error:
         if not isinstance(error, experiment.Rank0Error):  # rank 0 reports its own errors, other ranks theirs
             where = f"rank {ddp.rank}: " if ddp.rank > 0 else ""
             print(f"error: {where}{first_line(error)}", file=sys.stderr)
         return 2 if not isinstance(error, experiment.Rank0Error) or error.usage else 1
     finally:
+        experiment.unlock_all()
         ddp.close()
+
+
+def interrupted(args) -> str:
+    """The line a Ctrl-C prints: what is kept, and how to go on."""
+    if args.prompts is None:
+        return "interrupted: nothing written (a --prompt run writes its result only at its end); run it again"
+    directory = Path(args.output_dir) if args.output_dir is not None and not args.dry_run else None
+    if directory is None or not directory.is_dir():
+        return "interrupted before anything was written; run the command again"
+    try:
+        kept = len(experiment.Store(directory).read())
+    except (OSError, UsageError):
+        kept = "the"
+    return (f"interrupted: {kept} complete record{'' if kept == 1 else 's'} kept in {directory}; "
+            "to go on, run the same command with --resume")
 
 
 def experiment_loop(args, ddp: experiment.Distributed) -> int:
@@ -573,14 +599,9 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         raise UsageError("--output is for --prompt runs (--prompts writes to --output-dir)")
     if args.output_dir is None and not args.dry_run:
         raise UsageError(f"{'--prompts' if args.dataset is None else '--dataset'} needs --output-dir")
-    base = config_from_args(args)
     methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
-    configs = {}
-    for method in methods:
-        try:
-            configs[method] = dataclasses.replace(base, method=method).validate()
-        except ValueError as error:
-            raise UsageError(f"--methods: {error}") from None
+    configs = {method: config_from_args(args, method=method) for method in methods}  # (--method is not read)
+    base = configs[methods[0]]
     seeds = parse_list(args.seeds, [args.seed], "--seeds", int)
     for seed in seeds:
         check_seed(seed, "--seeds")
@@ -603,7 +624,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         raise UsageError("the reward model's chat template ends different prompts' turns differently")
     eval_checkpoint = None
     if args.eval_reward_model is not None:
-        eval_checkpoint = models.reward_checkpoint(args.eval_reward_model)
+        eval_checkpoint = models.reward_checkpoint(args.eval_reward_model, "--eval-reward-model")
         context = eval_checkpoint.config.max_position_embeddings
         for prompt in prompts:
             prefix, suffix = rewards.chat_pieces(eval_checkpoint.tokenizer, prompt.text)
@@ -629,7 +650,7 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     extra = (lambda p: {"dataset": source.name, "index": p.id}) if source is not None else (lambda p: {})
 
     def prepare() -> list[tuple]:
-        done = store.prepare(fingerprint, args.resume)
+        done = store.prepare(fingerprint, args.resume, settings)
         for prompt in prompts:
             record = next((done[k] for k in done if k[0] == prompt.key), None)
             if record is not None and (record["prompt"], record["fields"]) != (prompt.text, prompt.fields):
@@ -643,23 +664,28 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         return [key for key in order if key in done]
 
     done = set(ddp.from_rank0(prepare))
+    left = len(order) - len(done)
+    if left == 0 and ddp.rank == 0:  # a finished run resumed: no model to load, the summary written again
+        print(f"--resume: nothing left to do: {directory} holds all {len(order)} records; the summary is in "
+              f"{directory / experiment.SUMMARY}", file=sys.stderr)
 
     # 3. The models, once (api.Session); then the batches. Each record is on disk before the next batch starts.
-    session = api.Session.from_plan(plan, args.dllm, args.reward_model, args.eval_reward_model, eval_checkpoint,
+    session = None if not left else api.Session.from_plan(plan, args.dllm, args.reward_model, args.eval_reward_model, eval_checkpoint,
                                     device, dtype)
     work = {(m, s): [p for p in selection[s] if (p.key, m, s) not in done][ddp.rank::ddp.world]
             for m in methods for s in seeds}  # this rank's share of what is left
     from tqdm import tqdm
 
     bar = tqdm(total=sum(map(len, work.values())), desc="records" if ddp.world == 1 else f"rank {ddp.rank} records",
-               unit="record", file=sys.stderr, disable=args.no_progress)
+               unit="record", file=sys.stderr, disable=args.no_progress or not left)
 
     def on_batch(records: list[dict]) -> None:
         store.append(records)
         bar.update(len(records))
 
-    session.run(work, configs, {p.key: plan.prompt_ids[position[p.key]] for p in prompts}, batch_size, extra=extra,
-                on_batch=on_batch, on_step=lambda m, s, i: bar.set_postfix_str(f"{m} seed {s} step {i + 1}/{base.T}"))
+    if session is not None:
+        session.run(work, configs, {p.key: plan.prompt_ids[position[p.key]] for p in prompts}, batch_size, extra=extra,
+                    on_batch=on_batch, on_step=lambda m, s, i: bar.set_postfix_str(f"{m} seed {s} step {i + 1}/{base.T}"))
     bar.close()
     store.close()
     ddp.barrier()
@@ -707,16 +733,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_experiment(args)
     try:
         result = run(args)
+        if "plan" in result:
+            print("\n".join(result["plan"]))
+            return 0
+        report(result)
+        output = result.pop("output")
+        if output is not None:
+            write_json_atomically(Path(output), result)
     except (UsageError, sampler.NonFiniteError) as error:  # bad input; any other exception keeps its traceback
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
-    if "plan" in result:
-        print("\n".join(result["plan"]))
-        return 0
-    report(result)
-    output = result.pop("output")
-    if output is not None:
-        write_json_atomically(Path(output), result)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print(("" if args.no_progress else "\n") + interrupted(args), file=sys.stderr)  # after the bar's line
+        return 130
     return 0
 
 

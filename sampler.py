@@ -157,29 +157,34 @@ class SamplingConfig:
     def guided(self) -> bool:
         return self.method != "bon"
 
-    def validate(self) -> "SamplingConfig":
-        """Raise ValueError with a one-line message for any out-of-range value."""
+    def validate(self, name: Callable[[str], str] = str) -> "SamplingConfig":
+        """Raise ValueError with a one-line message for any out-of-range value.
+
+        The message calls each field `name(field)`: the field's own name by default (the
+        Python API), the option the user typed where the CLI passes its mapping (`run.flag`).
+        """
+        n = name
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
+                raise ValueError(f"{n(f.name)} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
         checks = [
-            (self.K >= 1, f"K must be >= 1, got {self.K}"),
-            (self.T >= 1, f"T must be >= 1, got {self.T}"),
-            (self.M >= 0, f"M must be >= 0, got {self.M}"),
-            (math.isfinite(self.eta) and self.eta > 0, f"eta must be finite and > 0, got {self.eta}"),
-            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.K >= 1, f"{n('K')} must be >= 1, got {self.K}"),
+            (self.T >= 1, f"{n('T')} must be >= 1, got {self.T}"),
+            (self.M >= 0, f"{n('M')} must be >= 0, got {self.M}"),
+            (math.isfinite(self.eta) and self.eta > 0, f"{n('eta')} must be finite and > 0, got {self.eta}"),
+            (self.max_new_tokens >= 1, f"{n('max_new_tokens')} must be >= 1, got {self.max_new_tokens}"),
             (math.isfinite(self.temperature) and self.temperature >= 0,
-             f"temperature must be finite and >= 0, got {self.temperature}"),
+             f"{n('temperature')} must be finite and >= 0, got {self.temperature}"),
             (self.temperature > 0 or not self.guided,
-             f"method {self.method} needs temperature > 0 (the relaxation divides by it)"),
+             f"{n('method')} {self.method} needs {n('temperature')} > 0 (the relaxation divides by it)"),
             (self.temperature == 0 or self.temperature >= TINIEST_TEMPERATURE,
-             f"temperature must be 0 or >= {TINIEST_TEMPERATURE:.3g} (float32's smallest normal number: "
+             f"{n('temperature')} must be 0 or >= {TINIEST_TEMPERATURE:.3g} (float32's smallest normal number: "
              f"below it the gradient through softmax(phi / tau), which scales as 1 / tau, overflows), "
              f"got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
-            (0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}"),
+            (0 < self.top_p <= 1, f"{n('top_p')} must be in (0, 1], got {self.top_p}"),
+            (self.top_k is None or self.top_k >= 1, f"{n('top_k')} must be >= 1, got {self.top_k}"),
+            (0 < self.eps < 1, f"{n('eps')} must be in (0, 1), got {self.eps}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -105,7 +105,7 @@ def build(shape: str, device: torch.device):
             config.vocab_size = VOCAB_SHAPE_V
             built.append(models.seeded(seed, lambda: cls(config)).eval())
         return built[0], tokenizer, built[1], tokenizer, tokenizer.mask_token_id, torch.float32
-    tokenizer = models.tiny_tokenizer(400)
+    tokenizer = models.tiny_tokenizer(models.TINY_DLLM_VOCAB)
     dtype = torch.bfloat16
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

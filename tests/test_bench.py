@@ -27,10 +27,10 @@ def test_bench_tiny_reports_every_figure(tmp_path, capsys):
     assert figures["overhead_ratio"] == pytest.approx(expected)
     assert figures["filter_ratio"] == figures["filter_s"] / figures["softmax_s"]
     assert figures["filter_share"] == (M + 1) * figures["filter_s"] / figures["step_s"]  # M + 1 filters a step
-    assert figures["shapes"]["V"] == 320  # the tiny denoiser's rows (its filters take the sort path)
+    assert figures["shapes"]["V"] == 576  # the tiny denoiser's rows (its filters take the sort path)
     assert figures["shapes"]["filter_rows"] == 4 * 128  # the step's block: all 128 positions of 4 rows
     # one guided step, vocabulary-wide: M + 1 softmaxes forward (relaxations, guided q), the unguided q,
-    # the M checkpointed recomputations; four top-p filters, each one sort (V = 320 < entrgi.SORT_BELOW: no
+    # the M checkpointed recomputations; four top-p filters, each one sort (V = 576 < entrgi.SORT_BELOW: no
     # radix passes) and one masking of the bits (a shift and an and, in place)
     ops = figures["vocab_ops"]
     assert ops["sort"] == 4 and "index_add_" not in ops

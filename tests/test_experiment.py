@@ -10,14 +10,21 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   sums over a batch of left-padded rows differ in the last bits, in the denoiser and the
   reward model, README "Many prompts"); a 2-process torchrun (gloo) run merges into the
   same records;
+* prompts files as editors write them (a UTF-8 BOM, CRLF, blank lines between prompts and
+  after the last) read as plain ones, in both formats, with line numbers counting blank lines;
 * every bad prompts file (not JSON, not an object, no / an empty / a non-string prompt, a
-  bad or duplicate id, a blank .txt line, a prompt beyond the context, no prompt at all, a
+  bad or duplicate id, a prompt beyond the context, no prompt at all, only blank lines, a
   wrong suffix) and every bad experiment option is one `error:` line naming the line, exit
   2, before any weight loads, with nothing written;
 * resume: a run killed with SIGKILL before its first record or after it, and a directory whose last line
   is torn, end after `--resume` with exactly the records of an uninterrupted run (none
-  missing, none twice, no torn line); resuming under other settings, or reusing a non-empty
-  directory without --resume, is a one-line error that leaves the directory as it was;
+  missing, none twice, no torn line); resuming under other settings (the error names them,
+  old -> new), reusing a non-empty directory without --resume, or a second run on a
+  directory whose lock is held, is a one-line error that leaves the directory as it was;
+* Ctrl-C (injected mid-run, or SIGINT to the process group as a terminal sends it, alone and
+  under torchrun): exit 130 and one line saying how many records are kept and to go on with
+  --resume, which then ends with the uninterrupted run's records; a --prompt run says nothing
+  was written;
 * summary.json's means, bootstrap intervals and paired differences to bon follow from
   records.jsonl (recomputed here with the documented bootstrap), and --eval-reward-model
   scores every response with the second model (here the same tiny model: the same scores);
@@ -188,8 +195,8 @@ def test_two_processes_equal_one(runs, tmp_path):
                            "--output-dir", str(out), "--batch-size", "2", *TINY],
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "records.jsonl", "summary.json", "summary.md",
-                                                   "summary.plot.json", "summary.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json", "records.jsonl", "summary.json",
+                                                   "summary.md", "summary.plot.json", "summary.png"]
     assert_same_records(records(out), records(outs[2]), exact_floats=False)
     assert json.loads((out / "config.json").read_text())["processes"] == 2
 
@@ -288,9 +295,10 @@ def test_resume_under_other_settings_is_refused(runs, tmp_path, capsys):
     shutil.copytree(outs[2], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert experiment_run(prompts, out, "--resume", "--temperature", "0.9") == 2
+    assert experiment_run(prompts, out, "--resume", "--temperature", "0.9", "--top-k", "5") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --resume:") and "other settings" in err
+    assert "other settings: --temperature 0.7 -> 0.9, --top-k None -> 5 (fingerprint " in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert experiment_run(prompts, out) == 2  # no --resume
     err = capsys.readouterr().err
@@ -298,12 +306,170 @@ def test_resume_under_other_settings_is_refused(runs, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path):
+def test_a_second_run_on_a_directory_in_use_is_refused(runs, tmp_path, capsys, monkeypatch):
+    """While a run holds DIR's lock (taken here as another process would, fcntl.flock on DIR/.lock), a second
+    run on DIR -- resumed or new -- is one error line, exit 2, before any model loads, DIR unchanged; the lock
+    is free again when its holder lets go (the kernel frees it at any exit, kill -9 included: see
+    test_resume_after_sigkill)."""
+    import fcntl
+
+    prompts, outs = runs
+    out = tmp_path / "busy"
+    shutil.copytree(outs[1], out)
+    (out / "summary.json").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(run, "load", lambda *a: pytest.fail("models loaded"))
+    capsys.readouterr()
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert experiment_run(prompts, out, "--resume", "--batch-size", "1") == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --output-dir {out} is in use by another run (it holds {out / '.lock'}); " \
+                      "wait for that run to end\n"
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "1", "--no-progress") == 0  # free again
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "1", "--no-progress") == 0  # and released
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").touch()
+    with open(fresh / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert experiment_run(prompts, fresh) == 2 and "in use by another run" in capsys.readouterr().err
+    assert [p.name for p in fresh.iterdir()] == [".lock"]
+
+
+def test_resume_of_a_complete_run_changes_no_record(runs, tmp_path, capsys, monkeypatch):
+    """--resume of a finished run: no record changes, no model loads, no empty progress bar ('0record'); one line
+    says that nothing is left to do and where the summary is, which is written again (here it was lost)."""
     prompts, outs = runs
     out = tmp_path / "again"
     shutil.copytree(outs[3], out)
-    assert experiment_run(prompts, out, "--resume", "--batch-size", "2") == 0
+    (out / "summary.json").unlink()
+    monkeypatch.setattr(run, "load", lambda *a: pytest.fail("models loaded with nothing left to do"))
+    capsys.readouterr()
+    assert experiment_run(prompts, out, "--resume", "--batch-size", "2", "--no-progress") == 0
     assert records(out) == records(outs[3])
+    assert json.loads((out / "summary.json").read_text()) == json.loads((outs[3] / "summary.json").read_text())
+    assert capsys.readouterr().err == (f"--resume: nothing left to do: {out} holds all {len(PROMPTS) * 2} records; "
+                                       f"the summary is in {out / 'summary.json'}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir", str(out),
+                           *TINY, "--resume"], env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "record" not in done.stderr.replace("all 6 records", ""), done.stderr
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def interrupt_on_call(monkeypatch, n: int) -> None:
+    """run.generate_batch raises KeyboardInterrupt (Ctrl-C) on its n-th call, as if it came mid-batch."""
+    real, calls = run.generate_batch, []
+
+    def generate_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "generate_batch", generate_batch)
+
+
+def interrupted_main(argv: list[str]) -> int:
+    try:
+        return run.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C went through run.main (a traceback for the user)")
+
+
+def test_ctrl_c_keeps_the_records_and_says_how_to_go_on(runs, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the third batch (B = 1): exit 130, one line naming the 2 records kept and --resume; the resumed
+    run ends with the uninterrupted run's records."""
+    prompts, outs = runs
+    out = tmp_path / "ctrl-c"
+    interrupt_on_call(monkeypatch, 3)
+    capsys.readouterr()
+    assert interrupted_main(["--prompts", str(prompts), "--output-dir", str(out), *TINY, "--batch-size", "1"]) == 130
+    assert capsys.readouterr().err == \
+        f"interrupted: 2 complete records kept in {out}; to go on, run the same command with --resume\n"
+    monkeypatch.undo()
+    assert experiment_run(prompts, out, "--batch-size", "1", "--resume") == 0
+    assert_same_records(records(out), records(outs[1]), exact_floats=True)
+
+
+def test_ctrl_c_of_a_single_prompt(tmp_path, capsys, monkeypatch):
+    interrupt_on_call(monkeypatch, 1)
+    status = interrupted_main(["--prompt", "Hi", *BASE, "--output", str(tmp_path / "x.json")])
+    assert status == 130 and not (tmp_path / "x.json").exists()
+    assert capsys.readouterr().err == \
+        "interrupted: nothing written (a --prompt run writes its result only at its end); run it again\n"
+
+
+def wait_for_a_record(out: Path, child: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None and not any(
+            p.name.startswith("records") and p.stat().st_size for p in (out.iterdir() if out.is_dir() else [])):
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_as_a_terminal_sends_it(processes, runs, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C, once a record is on disk: the run's processes
+    print one line (rank 0) and no traceback; one process exits 130. Under torchrun the launcher itself reports
+    the signal (its own SignalException, exit 1: not this program's output)."""
+    prompts, _ = runs
+    out = tmp_path / "sigint"
+    launcher = [sys.executable]
+    if processes == 2:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    child = subprocess.Popen([*launcher, str(ROOT / "run.py"), "--prompts", str(prompts), "--output-dir", str(out),
+                              "--batch-size", "1", *TINY, "--T", "64", "--max-new-tokens", "64"],
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    wait_for_a_record(out, child)
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=300)
+    ours = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    assert len(ours) == 1 and ours[0].endswith(f"kept in {out}; to go on, run the same command with --resume"), err
+    assert "KeyboardInterrupt" not in err and f'File "{ROOT}' not in err, err  # no traceback through this program
+    if processes == 1:
+        assert child.returncode == 130 and err == ours[0] + "\n", err
+
+
+# --------------------------------------------------------------------------- file modes
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for a test (put back after it)."""
+    before = os.umask(0o022)
+    yield os.umask
+    os.umask(before)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
+def test_json_files_get_the_mode_open_gives(mask, umask, tmp_path):
+    """write_json_atomically's file has the mode of a file open() creates under the same umask (not mkstemp's 0600)."""
+    umask(mask)
+    run.write_json_atomically(tmp_path / "a.json", {"x": 1})
+    with open(tmp_path / "plain", "w"):
+        pass
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "plain"]
+
+
+def test_every_output_file_gets_the_umasks_mode(umask, tmp_path, capsys):
+    """Under umask 027: records.jsonl, config.json, summary.json and a --prompt run's --output are all 0640."""
+    umask(0o027)
+    out = tmp_path / "out"
+    assert run.main(["--prompts", str(write_prompts(tmp_path / "p.jsonl", PROMPTS[2:])), "--output-dir", str(out),
+                     *BASE, "--methods", "bon"]) == 0
+    assert run.main(["--prompt", "Hi", *BASE, "--method", "bon", "--output", str(tmp_path / "one.json")]) == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*out.iterdir(), tmp_path / "one.json"]}
+    assert modes == {"records.jsonl": 0o640, "config.json": 0o640, "summary.json": 0o640, "one.json": 0o640,
+                     ".lock": 0o640}
 
 
 # --------------------------------------------------------------------------- bad input
@@ -319,7 +485,10 @@ BAD_FILES = {
     "duplicate id": ('{"prompt": "a", "id": "x"}\n{"prompt": "b"}\n{"prompt": "c", "id": "x"}\n', ".jsonl",
                      "line 3: duplicate id 'x' (first on line 1)"),
     "id equal to a line number": ('{"prompt": "a", "id": 2}\n{"prompt": "b"}\n', ".jsonl", "line 2: duplicate id 2"),
-    "blank txt line": ("a\n\nb\n", ".txt", "line 2: the prompt is empty"),
+    "bad line after blank lines": ('\n{"prompt": "a"}\n \n\n{"prompt": \n', ".jsonl", "line 5: not JSON"),
+    "empty prompt after a BOM and CRLF": ('\ufeff{"prompt": "a"}\r\n\r\n{"prompt": ""}\r\n', ".jsonl",
+                                          "line 3: the prompt is empty"),
+    "only blank lines": ("\n  \n\t\n", ".txt", "holds no prompt"),
     "too long": ('{"prompt": "a"}\n' + json.dumps({"prompt": "the sea " * 300}) + "\n", ".jsonl",
                  "line 2: prompt ("),
     "no prompt at all": ("", ".txt", "holds no prompt"),
@@ -327,11 +496,35 @@ BAD_FILES = {
 }
 
 
+EDITED = ["Write a poem.", "Ünïcödé, 東京 🙂", "Why?"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+@pytest.mark.parametrize("bom", [False, True], ids=["no BOM", "BOM"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["LF", "CRLF"])
+@pytest.mark.parametrize("blank", ["none", "interior", "trailing", "both"])
+def test_prompts_files_as_editors_write_them(suffix, bom, newline, blank, tmp_path):
+    """A byte-order mark, CRLF line ends and blank lines (empty or whitespace only, between prompts or after the
+    last) are read as a plain file: the same prompts, no BOM in the first; a .txt prompt's id still counts every
+    line, blank ones too."""
+    lines = [json.dumps({"prompt": p}, ensure_ascii=False) if suffix == ".jsonl" else p for p in EDITED]
+    if blank in ("interior", "both"):
+        lines = [lines[0], "", " \t", lines[1], lines[2]]
+    if blank in ("trailing", "both"):
+        lines += ["", "  "]
+    path = tmp_path / f"p{suffix}"
+    path.write_bytes((("\ufeff" if bom else "") + newline.join(lines) + newline).encode())
+    prompts = experiment.read_prompts(str(path))
+    assert [p.text for p in prompts] == EDITED
+    if suffix == ".txt":
+        assert [p.id for p in prompts] == ([1, 4, 5] if blank in ("interior", "both") else [1, 2, 3])
+
+
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_bad_prompts_file(case, tmp_path, capsys, monkeypatch):
     text, suffix, words = BAD_FILES[case]
     path = tmp_path / f"prompts{suffix}"
-    path.write_text(text)
+    path.write_bytes(text.encode())  # as written: CRLF stays CRLF
     monkeypatch.setattr(run, "load", lambda *a: pytest.fail("weights loaded before the file was checked"))
     out = tmp_path / "out"
     assert run.main(["--prompts", str(path), "--output-dir", str(out), *TINY]) == 2
@@ -341,7 +534,8 @@ def test_bad_prompts_file(case, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--output-dir", "{out}", "--methods", "entrgi,foo"], "method must be one of"),
+    (["--output-dir", "{out}", "--methods", "entrgi,foo"], "error: --methods must be one of"),
+    (["--output-dir", "{out}", "--methods", "bon,aps", "--temperature", "0"], "error: --methods aps needs --temperature"),
     (["--output-dir", "{out}", "--methods", "bon,bon"], "distinct"),
     (["--output-dir", "{out}", "--seeds", "0,x"], "--seeds must be"),
     (["--output-dir", "{out}", "--seeds", "-1"], "--seeds must be in"),

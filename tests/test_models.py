@@ -22,6 +22,8 @@ What they prove (replicas from `tests/replicas.py`: Dream-v0-Instruct's files, w
   score of a canonical response equals the discrete score of its decoded text with leading
   newlines, dropped special tokens and unmapped tokens in it (and differs without the
   exclusions); a `</think>` inside the response is a documented remaining difference;
+* the tiny tokenizers are byte-level: all 256 bytes are tokens, and every UTF-8 string
+  (newlines, digits, capitals, accents, emoji) encodes and decodes back to itself;
 * the peak-memory prediction reproduces the one measured H100 breakdown, and the parameter
   count from the config equals the model's.
 
@@ -31,6 +33,7 @@ No network: the hub is offline in-process.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import shutil
 import sys
@@ -39,8 +42,11 @@ from pathlib import Path
 
 import pytest
 import regex
+import tokenizers
 import torch
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -478,3 +484,46 @@ def test_a_hub_checkpoint_is_planned_without_its_weights(dream, tmp_path, monkey
     model = models.load_weights(checkpoint, torch.float32)
     assert asked[-1][1] == models.WEIGHT_FILES and list(served.glob("*.safetensors"))
     assert torch.equal(model.state_dict()["lm_head.weight"], dream[2]["lm_head.weight"])
+
+
+# --------------------------------------------------------------------------- the tiny tokenizers
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer(size: int):
+    return models.tiny_tokenizer(size)
+
+
+@pytest.mark.parametrize("size", [models.TINY_DLLM_VOCAB, models.TINY_REWARD_VOCAB])
+def test_tiny_tokenizers_hold_every_byte(size):
+    """Byte-level as Qwen's: each of the 256 bytes is a token of its own (ByteLevel's printable alphabet), so no
+    character is ever dropped; the tiny models' embeddings have a row for every token."""
+    tokenizer = tiny_tokenizer(size)
+    vocab = tokenizer.get_vocab()
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    assert len(alphabet) == 256 and set(alphabet) <= set(vocab)
+    assert len(tokenizer) == len(vocab) <= size
+    config = (models.tiny_dllm_config if size == models.TINY_DLLM_VOCAB else models.tiny_reward_config)(tokenizer)
+    assert config.vocab_size >= len(tokenizer)
+
+
+text_with_everything = st.lists(  # any Unicode, with what the old tiny tokenizers dropped made likely
+    st.one_of(st.characters(codec="utf-8"), st.sampled_from(list("\n\r\t BCDFHIJKLMOPQRSUVXYZ0123456789!éàüñç")),
+              st.sampled_from(["🙂", "🚀", "👩‍👩‍👧", "東京", "e\u0301"])), max_size=40).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=text_with_everything)
+@pytest.mark.parametrize("size", [models.TINY_DLLM_VOCAB, models.TINY_REWARD_VOCAB])
+def test_tiny_tokenizers_round_trip_every_string(size, text):
+    """Every UTF-8 string encodes and decodes back to itself (decode keeping every token)."""
+    tokenizer = tiny_tokenizer(size)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=False) == text
+
+
+def test_tiny_prompt_reaches_both_models_whole():
+    """The reward model's chat prefix carries the prompt as typed (it once read 'Hi' as 'i')."""
+    prefix, _ = rewards.chat_pieces(tiny_tokenizer(models.TINY_REWARD_VOCAB), "Hi! Zürich 42\n🙂")
+    assert tiny_tokenizer(models.TINY_REWARD_VOCAB).decode(prefix) == \
+        "<|im_start|>user\nHi! Zürich 42\n🙂<|im_end|>\n<|im_start|>assistant\n"

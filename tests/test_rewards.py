@@ -1,8 +1,8 @@
 """Tests of `rewards`: the bridge from denoiser tokens to the reward model R (README, "What R reads").
 
 What they prove, on the tiny seeded models of `models.py` (a Qwen2 denoiser whose byte-level
-BPE tokenizer has 308 tokens and whose embedding has 320 rows; a Qwen3 sequence classifier
-with its own, smaller 260-token tokenizer, so the bridge has unmapped tokens):
+BPE tokenizer has 526 tokens and whose embedding has 576 rows; a Qwen3 sequence classifier
+with its own, smaller 480-token tokenizer, so the bridge has unmapped tokens):
 
 * the differentiable score of one-hot response embeddings equals the discrete score of the
   same tokens read through R's chat template ([prefix | response up to its first EOS,
@@ -367,7 +367,7 @@ def test_bridge_counts_unmapped_tokens():
     missing = set(dllm_vocab) - set(reward_vocab)
     b = m.bridge
     assert len(missing) > 0 and b.unmapped == len(missing)
-    assert b.tokenizer_size == len(m.dt) == 308
+    assert b.tokenizer_size == len(m.dt) == 526
     assert b.coverage == pytest.approx(1 - len(missing) / len(m.dt))
     for token, i in dllm_vocab.items():
         assert b.index[i].item() == (-1 if token in missing else reward_vocab[token]), token
@@ -403,7 +403,7 @@ def test_chat_pieces_reassemble_the_chat_template():
         response_ids = rt(response, add_special_tokens=False)["input_ids"]
         full = rt(rewards.chat_text(rt, prompt, response), add_special_tokens=False)["input_ids"]
         assert rt.decode(prefix + response_ids + suffix) == rt.decode(full)
-        assert rt.decode(prefix).endswith("assistant") and prompt in rt.decode(prefix)
+        assert rt.decode(prefix).endswith("<|im_start|>assistant\n") and prompt in rt.decode(prefix)
         assert len(suffix) > 0
         suffixes.add(tuple(suffix))
     assert len(suffixes) == 1
@@ -413,7 +413,7 @@ def test_chat_pieces_reassemble_the_chat_template():
 @pytest.mark.parametrize("times", [0, 2])
 def test_chat_pieces_rejects_a_template_without_exactly_one_response(times):
     """A chat template that drops the assistant's text, or repeats it, cannot be split: a one-line ValueError."""
-    tokenizer = models.tiny_tokenizer(260)
+    tokenizer = models.tiny_tokenizer(models.TINY_REWARD_VOCAB)
     tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} "
                                + "{{ m['content'] }}" * times + "<|im_end|>{% endfor %}")
     with pytest.raises(ValueError, match=f"response {times} times, not once"):
@@ -423,7 +423,7 @@ def test_chat_pieces_rejects_a_template_without_exactly_one_response(times):
 def test_scorer_rejects_prompt_dependent_suffix():
     """EmbeddingScorer raises ValueError when R's chat template puts the prompt after the response."""
     m = tiny()
-    tokenizer = models.tiny_tokenizer(260)
+    tokenizer = models.tiny_tokenizer(models.TINY_REWARD_VOCAB)
     tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant {{ m['content'] }}"
         "<|im_end|>{% endif %}{% endfor %}"

@@ -119,7 +119,7 @@ def dream_checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
 
     directory = tmp_path_factory.mktemp("dream")
-    tokenizer = models.tiny_tokenizer(400)
+    tokenizer = models.tiny_tokenizer(models.TINY_DLLM_VOCAB)
     tokenizer.save_pretrained(directory)
     # Dream's tokenizer_config.json names its own class, loadable only with remote code,
     # and carries the chat template itself (transformers 4.4x layout).
@@ -155,7 +155,7 @@ def dream_checkpoint(tmp_path_factory):
 def two_output_reward(tmp_path_factory):
     """A tiny Qwen3 sequence classifier with num_labels=2, saved with its tokenizer."""
     directory = tmp_path_factory.mktemp("reward2")
-    tokenizer = models.tiny_tokenizer(260)
+    tokenizer = models.tiny_tokenizer(models.TINY_REWARD_VOCAB)
     config = transformers.Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, num_labels=2, pad_token_id=tokenizer.pad_token_id,
@@ -272,7 +272,7 @@ def test_cli_result_record_for_every_method(method, method_runs, tiny_scorer):
     bridge = result["vocab_bridge"]
     assert 0 < bridge["coverage"] <= 1
     assert bridge["coverage"] == pytest.approx(1 - bridge["unmapped"] / bridge["tokenizer_size"])
-    assert bridge["tokenizer_size"] == len(models.tiny_tokenizer(400))
+    assert bridge["tokenizer_size"] == len(models.tiny_tokenizer(models.TINY_DLLM_VOCAB))
     weight = result["mean_entropy_weight"]
     if method == "bon":
         assert weight is None
@@ -375,20 +375,40 @@ def assert_usage_error(argv: list[str], capsys, tmp_path: Path, *words: str) -> 
     (["--temperature", "0"], ["temperature", "entrgi"]),
     (["--temperature", "0", "--method", "aps"], ["temperature", "aps"]),
     (["--temperature", "0", "--method", "expectation"], ["temperature", "expectation"]),
-    (["--top-p", "0"], ["top_p"]),
-    (["--top-p", "1.5"], ["top_p"]),
-    (["--top-p", "-0.2"], ["top_p"]),
-    (["--max-new-tokens", "0"], ["max_new_tokens"]),
+    (["--top-p", "0"], ["--top-p"]),
+    (["--top-p", "1.5"], ["--top-p"]),
+    (["--top-p", "-0.2"], ["--top-p"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens"]),
     (["--max-new-tokens", "600"], ["context", "512"]),
     (["--prompt", "word " * 600], ["context", "512"]),
-    # Fits the denoiser (504 + 8 of 512 positions) but not the reward model, whose smaller
-    # tokenizer reads the prompt in more tokens: 993 + 8 + 2 of its 512.
-    (["--prompt", "masked diffusion language model " * 122, "--max-new-tokens", "8"], ["reward model", "512"]),
+    # Fits the denoiser (263 + 8 of 512 positions) but not the reward model, whose smaller
+    # tokenizer reads the prompt in more tokens: 507 + 8 + 2 of its 512.
+    (["--prompt", "masked diffusion language model " * 61, "--max-new-tokens", "8"], ["reward model", "512"]),
 ], ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None)
 def test_bad_sampling_input(flags, words, capsys, tmp_path):
     """An out-of-range option or an unusable prompt: one error line, exit 2, no output file."""
     argv = ["--prompt", PROMPT, *TINY, *flags]
     assert_usage_error(argv, capsys, tmp_path, *words)
+
+
+@pytest.mark.parametrize("flags, start", [
+    (["--K", "0"], "--K must be >= 1"),
+    (["--T", "0"], "--T must be >= 1"),
+    (["--M", "-1"], "--M must be >= 0"),
+    (["--eta", "0"], "--eta must be finite and > 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--temperature", "-1"], "--temperature must be finite and >= 0"),
+    (["--temperature", "1e-40"], "--temperature must be 0 or >="),
+    (["--temperature", "0"], "--method entrgi needs --temperature > 0"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--eps", "1"], "--eps must be in (0, 1)"),
+    (["--max-new-tokens", "600"], "prompt (23 tokens) + --max-new-tokens (600)"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_errors_name_the_option_typed(flags, start, capsys, tmp_path):
+    """An out-of-range sampling option is reported under the option's name as typed (--top-p, not top_p)."""
+    line = assert_usage_error(["--prompt", PROMPT, *TINY, *flags], capsys, tmp_path)
+    assert line.startswith("error: " + start), line
 
 
 def test_unknown_method(capsys, tmp_path):
@@ -662,7 +682,10 @@ def test_default_hub_ids_fail_fast_offline(flag, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     other = ["--reward-model", "tiny"] if flag == "--dllm" else ["--dllm", "tiny"]
     argv = ["--prompt", PROMPT, "--T", "2", "--no-progress", "--device", "cpu", *other]
-    assert_usage_error(argv, capsys, tmp_path, "HF_HUB_OFFLINE", "local directory")
+    line = assert_usage_error(argv, capsys, tmp_path, "HF_HUB_OFFLINE is set")
+    name = models.DEFAULT_DLLM if flag == "--dllm" else models.DEFAULT_REWARD
+    assert line.endswith(f"download it where there is network (hf download {name} --local-dir DIR), "
+                         f"then pass {flag} DIR"), line
 
 
 def test_unreachable_hub_fails_fast(capsys, tmp_path, monkeypatch):
@@ -682,7 +705,17 @@ def test_unreachable_hub_fails_fast(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", local_only)
     argv = ["--prompt", PROMPT, *TINY, "--dllm", "some-org/some-model"]
-    assert_usage_error(argv, capsys, tmp_path, "unreachable", "local directory", "HF_HUB_OFFLINE=1")
+    line = assert_usage_error(argv, capsys, tmp_path, "unreachable")
+    assert line.endswith("(hf download some-org/some-model --local-dir DIR), then pass --dllm DIR"), line
+    assert "HF_HUB_OFFLINE" not in line  # offline mode cannot fetch what is not cached: no way out
+    status, _, err = cli(["--prompts", str(write_lines(tmp_path / "p.txt", [PROMPT])), *TINY, "--output-dir",
+                          str(tmp_path / "o"), "--eval-reward-model", "some-org/reward"], capsys)
+    assert status == 2 and err.count("\n") == 1 and err.endswith("then pass --eval-reward-model DIR\n"), err
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
 
 
 def test_help_text(capsys):
@@ -699,7 +732,7 @@ def test_help_text(capsys):
 
 def test_decode_responses_stops_at_the_first_end_token():
     """Each row's text ends before its first end token, whichever of the end set it is; specials dropped."""
-    tokenizer = models.tiny_tokenizer(400)
+    tokenizer = models.tiny_tokenizer(models.TINY_DLLM_VOCAB)
     encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     im_end, endoftext = (tokenizer.convert_tokens_to_ids(t) for t in models.END_TOKENS)
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
@@ -719,8 +752,10 @@ def test_tiny_temperature_gives_real_responses_or_one_line(method, capsys, tmp_p
                             "--output", str(output)], capsys)
     if status == 0:
         result = json.loads(output.read_text())
-        tokenizer_size = len(models.tiny_tokenizer(400))
-        assert all(t < tokenizer_size for row in result["response_tokens"] for t in row)  # no padding rows drawn
+        # A NaN row's inverse-CDF draw runs past the end and is clamped to the last row, V - 1 (the tiny model's
+        # padding rows below it are random, not untrained, so its argmax may land on them legitimately).
+        V = models.tiny_dllm_config(models.tiny_tokenizer(models.TINY_DLLM_VOCAB)).vocab_size
+        assert all(0 <= t < V - 1 for row in result["response_tokens"] for t in row)  # no NaN row drawn
         assert all(math.isfinite(r) for r in result["rewards"]) and any(result["responses"])
     else:
         assert status == 2 and len(err.splitlines()) == 1 and "NaN or inf" in err, err
@@ -763,11 +798,11 @@ def test_argparse_errors_are_one_line(argv, capsys):
 # The single-prompt command's tokens at --seed 3 (TINY settings), pinned: a change to the sampler, the guidance
 # or the random stream that moves them must be deliberate (they were the same before and after --prompts
 # folded the single run into generate_batch).
-PINNED_TOKENS = {
-    "entrgi": [[312, 299, 299, 139, 220, 264, 196, 264], [148, 299, 299, 112, 299, 87, 258, 136],
-               [38, 299, 299, 76, 299, 13, 76, 104]],
-    "bon": [[107, 299, 299, 57, 299, 176, 1, 229], [64, 299, 56, 53, 299, 179, 315, 37],
-            [289, 285, 299, 179, 182, 55, 78, 199]],
+PINNED_TOKENS = {  # re-pinned when the tiny tokenizers took in all 256 bytes (the tiny models changed with them)
+    "entrgi": [[407, 326, 252, 142, 179, 491, 107, 291], [179, 158, 458, 499, 1, 275, 530, 101],
+               [498, 530, 98, 420, 86, 179, 555, 5]],
+    "bon": [[179, 165, 1, 1, 8, 530, 1, 569], [208, 560, 307, 401, 520, 433, 1, 131],
+            [275, 1, 179, 254, 1, 91, 1, 407]],
 }
 
 

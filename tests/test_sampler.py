@@ -1053,6 +1053,16 @@ def test_validate_rejects(overrides, field):
     assert field in message
 
 
+def test_validate_names_fields_as_asked():
+    """validate(name) calls each field what `name` maps it to (the CLI passes its options), field names by default."""
+    with pytest.raises(ValueError, match=r"^<top_p> must be in \(0, 1\]"):
+        SamplingConfig(top_p=1.5).validate(lambda field: f"<{field}>")
+    with pytest.raises(ValueError, match=r"^<method> entrgi needs <temperature> > 0"):
+        SamplingConfig(temperature=0.0).validate(lambda field: f"<{field}>")
+    with pytest.raises(ValueError, match=r"^top_p must be in"):
+        SamplingConfig(top_p=1.5).validate()
+
+
 def test_weight_log_is_nan_where_origin_has_no_mask_left():
     """`origin` can fill every mask before the last step; those steps log NaN (no masked position), not 0, so the
     run's nanmean is the mean over the steps that had masks."""
