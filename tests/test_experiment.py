@@ -461,15 +461,15 @@ def test_json_files_get_the_mode_open_gives(mask, umask, tmp_path):
 
 
 def test_every_output_file_gets_the_umasks_mode(umask, tmp_path, capsys):
-    """Under umask 027: records.jsonl, config.json, summary.json and a --prompt run's --output are all 0640."""
+    """Under umask 027: records.jsonl, config.json, the summary files and a --prompt run's --output are all 0640."""
     umask(0o027)
     out = tmp_path / "out"
     assert run.main(["--prompts", str(write_prompts(tmp_path / "p.jsonl", PROMPTS[2:])), "--output-dir", str(out),
                      *BASE, "--methods", "bon"]) == 0
     assert run.main(["--prompt", "Hi", *BASE, "--method", "bon", "--output", str(tmp_path / "one.json")]) == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in [*out.iterdir(), tmp_path / "one.json"]}
-    assert modes == {"records.jsonl": 0o640, "config.json": 0o640, "summary.json": 0o640, "one.json": 0o640,
-                     ".lock": 0o640}
+    assert modes == {name: 0o640 for name in ["records.jsonl", "config.json", "summary.json", "summary.md",
+                                              "summary.png", "summary.plot.json", "one.json", ".lock"]}
 
 
 # --------------------------------------------------------------------------- bad input
