@@ -144,6 +144,14 @@ CORPUS = [
 ]
 
 
+def hub_offline(monkeypatch) -> None:
+    """The hub unreachable, as on this project's machines, for transformers and huggingface_hub alike."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 def train_bpe(vocab_size: int = 500) -> tuple[dict[str, int], list[str]]:
     """A deterministic byte-level BPE with Qwen2's pre-tokenizer: (vocab, merges) as in vocab.json / merges.txt."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -49,10 +49,7 @@ PROMPT = "Write a short poem about the sea."
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    replicas.hub_offline(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -78,10 +78,7 @@ QWEN2_PATTERN = regex.compile(
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    replicas.hub_offline(monkeypatch)
 
 
 @pytest.fixture(scope="module")
