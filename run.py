@@ -579,7 +579,7 @@ def run_experiment(args) -> int:
 
 def interrupted(args) -> str:
     """The line a Ctrl-C prints: what is kept, and how to go on."""
-    if args.prompts is None:
+    if args.prompts is None and args.dataset is None:
         return "interrupted: nothing written (a --prompt run writes its result only at its end); run it again"
     directory = Path(args.output_dir) if args.output_dir is not None and not args.dry_run else None
     if directory is None or not directory.is_dir():
@@ -670,8 +670,10 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
               f"{directory / experiment.SUMMARY}", file=sys.stderr)
 
     # 3. The models, once (api.Session); then the batches. Each record is on disk before the next batch starts.
-    session = None if not left else api.Session.from_plan(plan, args.dllm, args.reward_model, args.eval_reward_model, eval_checkpoint,
-                                    device, dtype)
+    session = None  # a finished run resumed loads no model
+    if left:
+        session = api.Session.from_plan(plan, args.dllm, args.reward_model, args.eval_reward_model, eval_checkpoint,
+                                        device, dtype)
     work = {(m, s): [p for p in selection[s] if (p.key, m, s) not in done][ddp.rank::ddp.world]
             for m in methods for s in seeds}  # this rank's share of what is left
     from tqdm import tqdm

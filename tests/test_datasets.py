@@ -286,3 +286,17 @@ def test_resumed_dataset_run_equals_an_uninterrupted_one(dataset_run, tmp_path):
     (out / "records.jsonl").write_bytes(b"\n".join(lines[:-1]) + b"\n" + lines[-1][:40])  # and its last one torn
     assert run.main([*argv, "--output-dir", str(out), "--resume"]) == 0
     assert without_cost(records(out)) == without_cost(records(whole))
+
+
+def test_ctrl_c_of_a_dataset_run_says_what_is_kept(dataset_run, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the second batch of a --dataset run: exit 130 and the --prompts line (records kept, --resume),
+    not the --prompt run's 'nothing written'."""
+    from test_experiment import interrupt_on_call, interrupted_main
+
+    _, argv, _ = dataset_run
+    out = tmp_path / "ctrl-c"
+    interrupt_on_call(monkeypatch, 2)
+    capsys.readouterr()
+    assert interrupted_main([*argv, "--output-dir", str(out), "--no-progress"]) == 130
+    assert capsys.readouterr().err == \
+        f"interrupted: 2 complete records kept in {out}; to go on, run the same command with --resume\n"
