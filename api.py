@@ -7,19 +7,20 @@
     best = max(records, key=lambda r: r["top1_reward"])["best_response"]
 
 `Session.generate` returns exactly the records `run.py --prompts/--dataset` writes to
-records.jsonl (README, "Many prompts"): one per (prompt, seed), each with its K responses, their
+records.jsonl (docs/outputs.md, "Many prompts"): one per (prompt, seed), each with its K responses, their
 discrete rewards, Top@1 / Avg@N, the best response, the mean entropy weight, the sampling
 settings' fingerprint and the batch's cost. The CLI's experiment runs on this class
 (`Session.run`), so a prompt's record is the same from either, bit for bit, for the same
 prompts, batch size and settings (the cost's timings aside). Draws come from one
 `rng.CounterRNG` stream per (seed, prompt id): a record does not depend on the other prompts
-of its batch beyond float32 summation order (README, "Many prompts").
+of its batch beyond float32 summation order (docs/outputs.md, "Batch invariance").
 
 Prompts are strings (id = their index in the list) or `experiment.Prompt`s (their own ids and
 fields, as `experiment.read_prompts` and `prompt_sets.selections` give). Sampling settings are
 SamplingConfig's fields as keyword arguments (K, T, M, eta, max_new_tokens, temperature, ...);
-bad ones raise ValueError, a prompt too long for either model raises models.UsageError, both
-before any work.
+bad ones, a bad seed or batch size raise ValueError; a prompt too long for any model (the eval
+reward model's included), or prompts whose reward turns end differently, raise
+models.UsageError; all before any work.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ class Session:
         device = device if isinstance(device, torch.device) else run.resolve_device(device)
         dtype = dtype if isinstance(dtype, torch.dtype) else run.resolve_dtype(dtype, device)
         plan = run.make_plan(dllm, reward_model, [], SamplingConfig())
-        evaluator = models.reward_checkpoint(eval_reward_model) if eval_reward_model is not None else None
+        evaluator = None
+        if eval_reward_model is not None:
+            evaluator = models.reward_checkpoint(eval_reward_model, "eval_reward_model")
         self._start(plan, dllm, reward_model, eval_reward_model, evaluator, device, dtype)
 
     @classmethod
@@ -76,7 +79,7 @@ class Session:
 
     def _start(self, plan, dllm, reward_model, eval_reward_model, evaluator, device, dtype) -> None:
         self.plan, self.device, self.dtype = plan, device, dtype
-        self.names = (dllm, reward_model, eval_reward_model)
+        self.names, self.evaluator = (dllm, reward_model, eval_reward_model), evaluator
         self.loaded = run.load(plan, device, dtype)
         self.eval_reward = None
         if evaluator is not None:
@@ -103,7 +106,8 @@ class Session:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         for seed in seeds:
-            run.check_seed(seed, "seed")
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+                raise ValueError(f"seeds must be integers in [0, 2**64), got {seed!r}")
         prompt_ids = self.tokenize(items, config)
         extra = (lambda p: {"dataset": dataset, "index": p.id}) if dataset is not None else (lambda p: {})
         done = self.run({(method, seed): items for seed in seeds}, {method: config}, prompt_ids, batch_size, extra)
@@ -111,9 +115,10 @@ class Session:
         return [by_key[(p.key, method, seed)] for p in items for seed in seeds]
 
     def tokenize(self, prompts: Sequence[Prompt], config: SamplingConfig) -> dict[str, list[int]]:
-        """Each prompt's ids in the denoiser's chat template, by key; UsageError if too long for either model."""
-        ids, _ = run.tokenize_prompts(self.plan.dllm, self.plan.reward, [p.text for p in prompts],
-                                      config.max_new_tokens, [p.where for p in prompts])
+        """Each prompt's ids in the denoiser's chat template, by key; UsageError if too long for any model."""
+        texts, labels = [p.text for p in prompts], [p.where for p in prompts]
+        ids, pieces = run.tokenize_prompts(self.plan.dllm, self.plan.reward, texts, config.max_new_tokens, labels)
+        run.check_batchable(pieces, self.evaluator, texts, labels, config.max_new_tokens)
         return {p.key: i for p, i in zip(prompts, ids)}
 
     def run(self, work: dict[tuple[str, int], list[Prompt]], configs: dict[str, SamplingConfig],

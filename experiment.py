@@ -278,7 +278,8 @@ class Store:
         self.close()
         found = self.read()
         ordered = [found[key] for key in order if key in found]
-        rest = [record for key, record in found.items() if key not in set(order)]
+        wanted = set(order)
+        rest = [record for key, record in found.items() if key not in wanted]
         target = self.directory / RECORDS
         tmp = self.directory / f".{RECORDS}.tmp"
         with open(tmp, "wb") as handle:

@@ -427,12 +427,6 @@ def load_dream(name: str, dtype: torch.dtype) -> tuple[Qwen2ForCausalLM, object]
     return load_weights(checkpoint, dtype), checkpoint.tokenizer
 
 
-def load_reward_model(name: str, dtype: torch.dtype):
-    """A sequence-classifier reward model with one output, plus its tokenizer."""
-    checkpoint = reward_checkpoint(name)
-    return load_weights(checkpoint, dtype), checkpoint.tokenizer
-
-
 # --------------------------------------------------------------------------- memory prediction
 
 

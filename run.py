@@ -3,7 +3,7 @@
     python run.py --prompt "Write a haiku about gradients." --dllm tiny --reward-model tiny
     python run.py --prompt "..." --method entrgi --output result.json       # Dream-7B + Skywork, CUDA
     python run.py --prompt "..." --dry-run        # configs and tokenizers only: the plan, no weights
-    python run.py --prompts prompts.jsonl --output-dir out --seeds 0,1,2   # the experiment (README, "Many prompts")
+    python run.py --prompts prompts.jsonl --output-dir out --seeds 0,1,2   # the experiment (docs/outputs.md)
 
 The pipeline: the denoiser (Dream-v0-Instruct-7B) generates K responses of L tokens by
 masked diffusion (`sampler.generate`); at every denoising step the logits of the masked
@@ -14,7 +14,8 @@ K, Avg@N = mean over K. `--method bon` samples without guidance (Best-of-N). Loa
 checkpoints as they are shipped, and the tiny in-process models, is `models.py`.
 
 Exit status: 0 on success, 2 on bad input (one line on stderr; no output file is written),
-130 on Ctrl-C (one line: what is kept, and how to go on).
+130 on Ctrl-C (one line: what is kept, and how to go on); under torchrun, 1 on a rank whose
+rank 0 failed (rank 0 reports the error).
 """
 
 from __future__ import annotations
@@ -284,6 +285,23 @@ def tokenize_prompts(dllm: models.Checkpoint, reward: models.Checkpoint, prompts
     return prompt_ids, pieces
 
 
+def check_batchable(pieces: list[tuple[list[int], list[int]]], evaluator: models.Checkpoint | None,
+                    prompts: list[str], labels: list[str], L: int) -> None:
+    """What prompts run together need beyond `tokenize_prompts`: one reward suffix for all (the batched
+    scorer appends one after every response), and room in the eval reward model's context, if there is one
+    (UsageError naming `labels[i]` otherwise). The CLI and api.Session check this before any work."""
+    if len({tuple(suffix) for _, suffix in pieces}) > 1:
+        raise UsageError("the reward model's chat template ends different prompts' turns differently")
+    if evaluator is None:
+        return
+    context = evaluator.config.max_position_embeddings
+    for prompt, label in zip(prompts, labels):
+        prefix, suffix = rewards.chat_pieces(evaluator.tokenizer, prompt)
+        if len(prefix) + L + len(suffix) > context:
+            raise UsageError(f"{label}: the eval reward model reads {len(prefix)} + {L} + {len(suffix)} tokens, "
+                             f"beyond its context of {context}")
+
+
 def describe_plan(plan: Plan, dtype: torch.dtype, batch: int = 1, resident: tuple = ()) -> list[str]:
     """The plan as printed by --dry-run: model classes, special ids, the bridge, R's chat pieces, and the
     predicted peak memory of a batch of `batch` prompts (B x K rows), with the `resident` checkpoints' weights
@@ -361,7 +379,7 @@ def generate_batch(loaded: Loaded, prompts: list[str], prompt_ids: list[list[int
 
     Row b * K + k is trajectory k of prompt b. Every draw comes from `rng`: an
     `rng.CounterRNG` with one stream per prompt, so that a prompt's record does not depend
-    on its batch (README, "Many prompts"), or a torch.Generator (`generate`, B = 1).
+    on its batch (docs/outputs.md), or a torch.Generator (`generate`, B = 1).
     `counts` gains the forwards made: denoiser_forwards, reward_forward_backward (guidance:
     each one a forward and a backward), reward_forwards (the final scores, no gradient).
     `eval_reward` = (model, tokenizer) also scores the final responses (eval_* fields).
@@ -419,7 +437,7 @@ def versions() -> dict:
 
 
 def run(args) -> dict:
-    """One experiment from parsed arguments; returns the result record (see README, "Output").
+    """One experiment from parsed arguments; returns the result record (see docs/outputs.md, "One prompt").
 
     With --dry-run, returns {"plan": [lines]} without reading any weight.
     """
@@ -599,12 +617,14 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
         raise UsageError("--output is for --prompt runs (--prompts writes to --output-dir)")
     if args.output_dir is None and not args.dry_run:
         raise UsageError(f"{'--prompts' if args.dataset is None else '--dataset'} needs --output-dir")
+    if args.method != SamplingConfig.method:
+        raise UsageError("--method is for --prompt runs (--prompts and --dataset runs take --methods)")
     methods = parse_list(args.methods, EXPERIMENT_METHODS, "--methods")
-    configs = {method: config_from_args(args, method=method) for method in methods}  # (--method is not read)
+    configs = {method: config_from_args(args, method=method) for method in methods}
     base = configs[methods[0]]
     seeds = parse_list(args.seeds, [args.seed], "--seeds", int)
     for seed in seeds:
-        check_seed(seed, "--seeds")
+        check_seed(seed, "--seeds" if args.seeds is not None else "--seed")
     batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
@@ -620,17 +640,10 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
     prompts = distinct_prompts(selection)  # every seed's prompts, each once, in order of first selection
     texts, labels = [p.text for p in prompts], [p.where for p in prompts]
     plan = make_plan(args.dllm, args.reward_model, texts, base, labels)
-    if len({tuple(suffix) for _, suffix in plan.reward_pieces}) != 1:
-        raise UsageError("the reward model's chat template ends different prompts' turns differently")
     eval_checkpoint = None
     if args.eval_reward_model is not None:
         eval_checkpoint = models.reward_checkpoint(args.eval_reward_model, "--eval-reward-model")
-        context = eval_checkpoint.config.max_position_embeddings
-        for prompt in prompts:
-            prefix, suffix = rewards.chat_pieces(eval_checkpoint.tokenizer, prompt.text)
-            if len(prefix) + base.max_new_tokens + len(suffix) > context:
-                raise UsageError(f"{prompt.where}: the eval reward model reads {len(prefix)} + {base.max_new_tokens}"
-                                 f" + {len(suffix)} tokens, beyond its context of {context}")
+    check_batchable(plan.reward_pieces, eval_checkpoint, texts, labels, base.max_new_tokens)
     if args.dry_run:  # the plan for one batch of B prompts, and nothing written
         if ddp.rank == 0:
             resident = () if eval_checkpoint is None else (eval_checkpoint,)
@@ -708,7 +721,7 @@ def run_report(args) -> int:
     """`--report DIR...`: the runs' summaries recomputed from their records, one report (no model is loaded)."""
     try:
         used = [f for f in ("prompt", "prompts", "dataset", "output", "methods", "seeds", "batch_size", "resume",
-                            "eval_reward_model", *DATASET_FLAGS) if getattr(args, f) not in (None, False)]
+                            "eval_reward_model", "dry_run", *DATASET_FLAGS) if getattr(args, f) not in (None, False)]
         if used:
             raise UsageError(f"--{used[0].replace('_', '-')} is not for --report")
         output = check_output_path(Path(args.output_dir) / experiment.SUMMARY, "--output-dir") \

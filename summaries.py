@@ -10,13 +10,17 @@ which re-reads every DIR's config.json and records.jsonl (never its summary) and
     benchmark_summary(config, records)   one benchmark: experiment.summarise + what the plot and table need
     markdown(benchmarks)                 summary.md: one table per benchmark, mean ± SEM over seeds first
     plot(benchmarks)                     the figure and the arrays drawn (one panel per benchmark and metric)
-    write(directory, benchmarks)         summary.json, summary.md, summary.png, summary.plot.json (atomic)
+    write(directory, benchmarks, summary) summary.json, summary.md, summary.png, summary.plot.json (atomic)
 
 The plot: for each benchmark a panel per metric (Top@1, Avg@N of the guiding reward model), one bar per
 method at its mean over seeds, error bars = the standard error over the seeds (the 95 % bootstrap
-interval when there is one seed). When the configuration is the paper's (`paper_configuration`:
+interval when there is one seed). With m_s a seed's mean over its prompts and S seeds:
+
+    mean = (1/S) Σ_s m_s      SEM = sqrt(Σ_s (m_s − mean)² / (S − 1)) / sqrt(S)
+
+and the 95 % interval is the percentile bootstrap over the records (experiment.bootstrap). When the configuration is the paper's (`paper_configuration`:
 Dream-v0-Instruct-7B guided by Skywork-Reward-V2-Qwen3-1.7B, SamplingConfig's defaults, a preset
-benchmark with the authors' selection), the published Top@1 (SPEC §4) is drawn as a hatched bar
+benchmark with the authors' selection, seeds 1, 2, 3), the published Top@1 (SPEC §4) is drawn as a hatched bar
 beside the method's. summary.plot.json holds exactly the arrays given to matplotlib.
 matplotlib (the `experiments` extra) is imported only here, with the Agg backend.
 """
@@ -41,6 +45,9 @@ PLOT_DATA = "summary.plot.json"
 PLOTTED = ("top1_reward", "avgN_reward")
 
 
+PAPER_SEEDS = (1, 2, 3)  # the authors' seeds (SPEC §6)
+
+
 def paper_configuration(config: dict) -> dict | None:
     """The published Top@1 per method when `config` (a run's config.json) is the paper's setting, else None."""
     settings, dataset = config.get("settings", {}), config.get("dataset")
@@ -53,7 +60,8 @@ def paper_configuration(config: dict) -> dict | None:
             or dataset.get("subset_size") != prompt_sets.DEFAULT_SUBSET_SIZE
             or dataset.get("subset_field") is not None or dataset.get("subset_seed") is not None
             or settings.get("sampling") != sampling or settings.get("dllm") != models.DEFAULT_DLLM
-            or settings.get("reward_model") != models.DEFAULT_REWARD):
+            or settings.get("reward_model") != models.DEFAULT_REWARD
+            or sorted(config.get("seeds") or []) != list(PAPER_SEEDS)):
         return None
     return dict(preset.published_top1)
 
@@ -85,10 +93,18 @@ def read_run(directory: Path) -> dict:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
         raise UsageError(f"--report {config_path} is not a configuration this program wrote") from None
-    records = [r for r in experiment.read_records(records_path)[0] if r.get("fingerprint") == config.get("fingerprint")]
+    if not isinstance(config, dict) or not isinstance(config.get("methods"), list) \
+            or not isinstance(config.get("seeds"), list):
+        raise UsageError(f"--report {config_path} is not a configuration this program wrote")
+    methods, seeds = set(config["methods"]), set(config["seeds"])
+    records = [r for r in experiment.read_records(records_path)[0] if r.get("fingerprint") == config.get("fingerprint")
+               and r.get("method") in methods and r.get("seed") in seeds]  # the run's records only
     if not records:
         raise UsageError(f"--report {directory} holds no record of its configuration")
-    return benchmark_summary(config, records)
+    try:
+        return benchmark_summary(config, records)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"--report {records_path} holds a record this program did not write ({error!r})") from None
 
 
 def merge(directories: list[str]) -> list[dict]:

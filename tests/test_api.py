@@ -111,3 +111,18 @@ def test_api_records_equal_the_cli_records_of_a_dataset_run(session, tmp_path):
         mine += session.generate(prompts, method="entrgi", seeds=[seed], dataset=source.name, **SAMPLING)
     key = experiment.record_key
     assert sorted(without_cost(mine), key=key) == sorted(without_cost(cli), key=key) and len(cli) == 4
+
+
+def test_prompts_too_long_for_the_eval_model_are_refused_before_any_work(session, monkeypatch):
+    """Session.generate makes the CLI's checks (run.check_batchable): a prompt that fits the guiding models but
+    not the eval reward model's context is a UsageError naming it, before any batch runs."""
+    from types import SimpleNamespace
+
+    evaluator = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=40), tokenizer=session.plan.reward.tokenizer)
+    monkeypatch.setattr(session, "evaluator", evaluator)
+    monkeypatch.setattr(run, "generate_batch", lambda *a, **k: pytest.fail("a batch ran before the check"))
+    with pytest.raises(UsageError, match=r"prompt 1: the eval reward model reads \d+ \+ 8 \+ \d+ tokens, beyond its "
+                                         r"context of 40"):
+        session.generate(["Hi", "a longer prompt " * 4], K=2, T=2, max_new_tokens=8)
+    with pytest.raises(ValueError, match="seeds must be integers"):
+        session.generate(["Hi"], seeds=[-1], K=2, T=2, max_new_tokens=8)

@@ -8,7 +8,7 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
 * batch invariance: B = 1, 2, 3 give the same records -- the same tokens, texts and best
   response bit for bit; the rewards and the mean entropy weight agree to 1e-5 (float32
   sums over a batch of left-padded rows differ in the last bits, in the denoiser and the
-  reward model, README "Many prompts"); a 2-process torchrun (gloo) run merges into the
+  reward model, docs/outputs.md); a 2-process torchrun (gloo) run merges into the
   same records;
 * prompts files as editors write them (a UTF-8 BOM, CRLF, blank lines between prompts and
   after the last) read as plain ones, in both formats, with line numbers counting blank lines;
@@ -33,7 +33,10 @@ What they prove, on the tiny seeded models on the CPU (tiny T, L, K, so each run
   n, and shows the eval model's columns only when it differs from the guiding model; the plot's
   bars and error bars, read back from matplotlib's artists, are the summary's numbers (and
   summary.plot.json holds them); the published Top@1 is drawn only for the paper's
-  configuration; `--report` merges run directories from their records.
+  configuration; `--report` merges run directories from their records of the run's methods and
+  seeds, and refuses --dry-run and files this program did not write with one line;
+* every output file gets the umask's mode; a resumed finished run says nothing is left and
+  loads no model; --method in an experiment run is refused (it takes --methods).
 """
 
 from __future__ import annotations
@@ -618,8 +621,7 @@ def test_mean_and_standard_error_over_seeds_follow_from_the_records(seeded):
     got = summary["methods"]["entrgi"]["minus_bon"]["top1_reward"]
     assert got["seed_mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
     assert got["sem"] == pytest.approx(statistics.stdev(diffs) / 3 ** 0.5, abs=1e-12)
-    one_seed = json.loads((seeded.parent / "three-seeds" / "summary.json").read_text())
-    assert one_seed["benchmark"] == "p" and one_seed["seeds"] == [1, 2, 3]
+    assert (summary["benchmark"], summary["seeds"]) == ("p", [1, 2, 3])
 
 
 def test_table_fits_100_columns_explains_n_and_shows_eval_columns_only_when_they_differ(seeded, runs):
@@ -692,6 +694,7 @@ def test_published_top1_is_drawn_for_the_papers_configuration():
         [summary])
     other = {**config, "settings": {**config["settings"], "sampling": {**config["settings"]["sampling"], "T": 64}}}
     assert summaries.benchmark_summary(other, rows)["published_top1"] is None
+    assert summaries.benchmark_summary({**config, "seeds": [0, 1, 2]}, rows)["published_top1"] is None  # not its seeds
 
 
 def test_report_merges_run_directories(seeded, runs, tmp_path, capsys):
@@ -719,3 +722,38 @@ def test_report_merges_run_directories(seeded, runs, tmp_path, capsys):
     assert run.main(["--report", str(seeded), "--output-dir", str(second)]) == 2  # a run's own directory
     assert "holds a run" in capsys.readouterr().err and not (second / "summary.json").exists()
     assert (second / "config.json").read_bytes() == before
+
+
+def test_report_refuses_dry_run_and_foreign_directories(seeded, tmp_path, capsys):
+    """--report --dry-run writes nothing (it is refused); a config.json or a record this program did not write
+    is one error line, not a traceback; records outside the run's methods and seeds are not summarised."""
+    capsys.readouterr()
+    assert run.main(["--report", str(seeded), "--output-dir", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "--dry-run is not for --report" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    for name, config, record in [("list", [], None), ("no top1", None, "top1_reward")]:
+        broken = tmp_path / name
+        shutil.copytree(seeded, broken)
+        if config is not None:
+            (broken / "config.json").write_text(json.dumps(config))
+        if record is not None:
+            rows = [json.loads(line) for line in (broken / "records.jsonl").read_text().splitlines()]
+            del rows[0][record]
+            (broken / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert run.main(["--report", str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --report ") and len(err.splitlines()) == 1
+    extra = tmp_path / "extra"
+    shutil.copytree(seeded, extra)
+    rows = [json.loads(line) for line in (extra / "records.jsonl").read_text().splitlines()]
+    stray = {**rows[0], "seed": 99, "top1_reward": 1e6, "avgN_reward": 1e6}  # a seed the run does not have
+    (extra / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, stray]))
+    assert run.main(["--report", str(extra), "--output-dir", str(tmp_path / "r4")]) == 0
+    assert json.loads((tmp_path / "r4" / "summary.json").read_text())["benchmarks"]["p"]["methods"] == \
+        json.loads((seeded / "summary.json").read_text())["methods"]
+
+
+def test_method_is_refused_in_experiment_runs(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:1])
+    assert run.main(["--prompts", str(prompts), "--method", "bon", "--dry-run", *BASE]) == 2
+    assert capsys.readouterr().err == \
+        "error: --method is for --prompt runs (--prompts and --dataset runs take --methods)\n"

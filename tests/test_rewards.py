@@ -1,4 +1,4 @@
-"""Tests of `rewards`: the bridge from denoiser tokens to the reward model R (README, "What R reads").
+"""Tests of `rewards`: the bridge from denoiser tokens to the reward model R (docs/reward-reading.md).
 
 What they prove, on the tiny seeded models of `models.py` (a Qwen2 denoiser whose byte-level
 BPE tokenizer has 526 tokens and whose embedding has 576 rows; a Qwen3 sequence classifier
