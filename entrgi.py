@@ -295,15 +295,18 @@ def sample_categorical(probs: Tensor, generator: "torch.Generator | UniformSourc
                        overwrite: bool = False) -> Tensor:
     """One draw per row from the categorical distribution `probs` (need not sum to 1). (..., V) -> (...) long.
 
-    Inverse CDF: with u ~ U[0, 1) and C the cumulative sums of probs (float32, in index order),
-    the draw is the first i with C_i > u * C_V (the product in float32), so i is picked with probability probs_i / C_V (never one of
+    Inverse CDF: with u ~ U[0, 1) and C_i = fl32(probs_0 + ... + probs_i summed in float64) (the
+    rule, on every device: a float32 scan, as CUDA's cumsum of float32, drops mass past 2^24 ulps),
+    the draw is the first i with C_i > fl32(u * C_V), so i is picked with probability probs_i / C_V (never one of
     probability 0). One uniform per row instead of one random number per vocabulary entry
     (a Gumbel/exponential race), and any leading shape (unlike `torch.multinomial`).
     overwrite=True: a float32 `probs` is overwritten by C (the caller's scratch: no fresh
     (..., V) block, the same draw).
     """
     probs = probs.float()  # (..., V)
-    cdf = torch.cumsum(probs, -1, out=probs) if overwrite else probs.cumsum(-1)  # (..., V)
+    running = probs.cumsum(-1, dtype=torch.float64)  # (..., V) the draw's rule: float64 running sums (any device)
+    cdf = probs.copy_(running) if overwrite else running.float()  # (..., V) C, each sum rounded to float32
+    del running
     u = uniform(cdf.shape[:-1], generator, cdf.device).unsqueeze(-1)  # (..., 1) one uniform per row: draw shape (...)
     index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (..., 1)
     return index.clamp(max=cdf.shape[-1] - 1).squeeze(-1)  # (...)

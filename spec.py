@@ -6,7 +6,8 @@ tests/test_spec.py holds the fast path equal to this module: tokens bit for bit,
 stated tolerances. One denoising step, on the block of n masked positions of N rows:
 
     w     = H(softmax(phi)) / log V                    entropy weight in [0, 1]; no temperature, no gradient
-    p     = softmax(phi / tau)                         tempered distribution (computed from phi - max phi)
+    p     = softmax(phi / tau)                         tempered distribution (computed from phi - max phi);
+                                                       tau = 0 (greedy, bon only): p = softmax(phi)
     soft  = p @ E                                      e~, the continuous relaxation (gradient flows)
     x     = draw(filter(p), u)                         a hard token, from one uniform u per row
     hard  = E[x]                                       e-, a real token's embedding
@@ -19,7 +20,7 @@ filter (top-p then top-k, one ascending sort s of the row p with total Z = sum p
 (Z - C_j = the mass above s_j); top-k's v_k = s_{V-k}; p_j is kept iff p_j >= max(v_p, v_k),
 else set to 0. Not renormalised. Tied values are kept or dropped together.
 
-draw(q, u): the first j with C_j > fl32(u * C_last), C the float32 cumulative sums of the weights q in index
+draw(q, u): the first j with C_j > fl32(u * C_last), C_j = fl32(q_0 + ... + q_j summed in float64), in index
 order. Schedule: t_i = Dream's torch.linspace(1, eps, T + 1) in float32 (`timesteps`);
 n_fill(i) = int(fl32(n * fl32(1 - fl32(t_{i+1} / t_i)))), every remaining mask at i = T - 1.
 Ties: the fill takes equal confidences lowest position first; argmax takes the lowest id.
@@ -69,7 +70,7 @@ def relaxations(phi: Tensor, E: Tensor, x: Tensor, method: str, tau: float) -> T
     if method == "expectation":
         return soft
     hard = E[x]  # (..., d)
-    w = torch.ones(x.shape) if method == "aps" else entropy_weight(phi)  # (...)
+    w = torch.ones(x.shape, device=x.device) if method == "aps" else entropy_weight(phi)  # (...)
     return soft + (w.unsqueeze(-1).to(soft.dtype) * (hard - soft)).detach()
 
 
@@ -89,9 +90,13 @@ def filter_probs(probs: Tensor, top_p: float | None, top_k: int | None) -> Tenso
 
 
 def draw(weights: Tensor, u: Tensor) -> Tensor:
-    """Inverse CDF: the first j with C_j > u * C_last (float32). weights (..., V), u (...) -> (...) long."""
-    C = weights.float().cumsum(-1)  # (..., V)
-    below = C <= (u.unsqueeze(-1) * C[..., -1:])  # (..., V) entries not yet past u's mass
+    """Inverse CDF: the first j with C_j > fl32(u * C_last). weights (..., V), u (...) -> (...) long.
+
+    C_j = fl32(weights_0 + ... + weights_j accumulated in float64): the float64 running sums, each
+    rounded to float32 (what torch's CPU cumsum of float32 gives; a float32 scan, as on a GPU or
+    in NumPy/JAX by default, loses mass past 2^24 ulps and is not this rule)."""
+    C = weights.double().cumsum(-1).float()  # (..., V)
+    below = C <= (u.unsqueeze(-1) * C[..., -1:])  # (..., V) entries not yet past u's mass (float32 product)
     return below.sum(-1).clamp(max=weights.shape[-1] - 1)
 
 
@@ -105,7 +110,8 @@ def guide(phi: Tensor, masked: Tensor, tokens: Tensor, E: Tensor, reward, *, met
           betas=(0.9, 0.999), eps: float = 1e-8) -> Tensor:
     """M steps of Adam ascent on sum_b reward(embeds, tokens')_b. phi (N, n, V), masked (N, n), tokens (N, n).
 
-    uniforms: the M (N, n) draws (none for expectation). Adam as torch writes it: m, v the first
+    uniforms: the M (N, n) draws (none for expectation). Adam's formulas as torch defines them (torch
+    orders the float32 operations its own way, e.g. a lerp for m: equal up to rounding): m, v the first
     and second moments, step size lr / (1 - b1^k), denominator sqrt(v) / sqrt(1 - b2^k) + eps.
     """
     phi = phi.detach().float()  # (N, n, V)
@@ -196,11 +202,13 @@ def confidence(r: Tensor, x: Tensor, alg: str) -> Tensor:
 
 
 def fill_lowest_first(c: Tensor, n_fill: int) -> Tensor:
-    """The n_fill largest c per row, equal c lowest position first. (N, n) -> (N, n) bool."""
-    n = c.shape[1]
-    rank = torch.tensor([sorted(range(n), key=lambda j: (-row[j], j)) for row in c.tolist()], dtype=torch.long)
-    rank = rank.reshape(c.shape)  # (N, n) also when n = 0
-    return torch.zeros_like(c, dtype=torch.bool).scatter(1, rank[:, :n_fill], True)
+    """The n_fill largest c per row, equal c lowest position first. (N, n) -> (N, n) bool.
+
+    Position j is filled iff fewer than n_fill positions k go before it: c_k > c_j, or c_k = c_j with k < j.
+    """
+    j = torch.arange(c.shape[1], device=c.device)  # (n,)
+    ahead = (c.unsqueeze(1) > c.unsqueeze(2)) | ((c.unsqueeze(1) == c.unsqueeze(2)) & (j < j.unsqueeze(-1)))  # (N, j, k)
+    return ahead.sum(-1) < n_fill  # (N, n)
 
 
 def generate(denoise, prompt_ids: Tensor, prompt_keep: Tensor, cfg, *, mask_id: int, eos_ids: list[int],
@@ -208,17 +216,17 @@ def generate(denoise, prompt_ids: Tensor, prompt_keep: Tensor, cfg, *, mask_id: 
     """K responses of L tokens per prompt. reward(embeds (N, L, d), tokens (N, L)) -> (N,); uniforms.uniform(shape)
     supplies every draw (docs/draws.md). cfg: a sampler.SamplingConfig. Returns (B, K, L)."""
     K, L, T, tau = cfg.K, cfg.max_new_tokens, cfg.T, cfg.temperature
-    ids = torch.cat([prompt_ids.repeat_interleave(K, 0), torch.full((prompt_ids.shape[0] * K, L), mask_id)], 1)
-    keep = torch.cat([prompt_keep.repeat_interleave(K, 0), torch.ones(ids.shape[0], L, dtype=torch.bool)], 1)
+    device = prompt_ids.device
+    ids = torch.cat([prompt_ids.repeat_interleave(K, 0), torch.full((prompt_ids.shape[0] * K, L), mask_id, device=device)], 1)
+    keep = torch.cat([prompt_keep.repeat_interleave(K, 0), torch.ones(ids.shape[0], L, dtype=torch.bool, device=device)], 1)
     P, N = prompt_ids.shape[1], ids.shape[0]
     origin = cfg.alg == "origin"
     for i, (n, n_fill, ratio) in enumerate(schedule(L, T, cfg.eps)):
         response = ids[:, P:]  # (N, L)
         if origin:
-            positions = torch.arange(L).repeat(N, 1)  # (N, L) every position
+            positions = torch.arange(L, device=device).repeat(N, 1)  # (N, L) every position
         else:  # the n masked positions, increasing
-            positions = torch.tensor([[j for j in range(L) if row[j] == mask_id] for row in response.tolist()],
-                                     dtype=torch.long).reshape(N, n)
+            positions = (response == mask_id).nonzero()[:, 1].reshape(N, n)  # (N, n) nonzero: row-major order
         masked = response.gather(1, positions) == mask_id  # (N, n)
         phi = denoise(ids, keep, positions + P).float()  # (N, n, V)
         phi[..., mask_id] = -math.inf  # the mask token is never drawn
@@ -229,19 +237,19 @@ def generate(denoise, prompt_ids: Tensor, prompt_keep: Tensor, cfg, *, mask_id: 
             def block_reward(embeds, tokens):  # the block scattered into the whole response
                 index = positions.unsqueeze(-1).expand(-1, -1, E.shape[1])
                 return reward(E[response].scatter(1, index, embeds), response.scatter(1, positions, tokens))
-            draws = [] if cfg.method == "expectation" else [uniforms.uniform((N, positions.shape[1]))
+            draws = [] if cfg.method == "expectation" else [uniforms.uniform((N, positions.shape[1]), device)
                                                             for _ in range(cfg.M)]
             phi_g = guide(phi, masked, response.gather(1, positions), E, block_reward, method=cfg.method,
                           M=cfg.M, lr=cfg.eta, tau=tau, top_p=cfg.top_p, top_k=cfg.top_k, uniforms=draws)
         q_g = filter_probs(tempered(phi_g, tau), cfg.top_p, cfg.top_k) if phi_g is not phi else q
-        x = argmax_lowest(q_g) if tau == 0 else draw(q_g, uniforms.uniform((N, positions.shape[1])))  # (N, n)
+        x = argmax_lowest(q_g) if tau == 0 else draw(q_g, uniforms.uniform((N, positions.shape[1]), device))  # (N, n)
         if origin:
-            fill = masked & (uniforms.uniform((N, L)) < ratio)  # (N, L)
+            fill = masked & (uniforms.uniform((N, L), device) < ratio)  # (N, L)
         else:
             r = {"p": p, "q": q / q.sum(-1, keepdim=True), "q_g": q_g / q_g.sum(-1, keepdim=True)}
             c = confidence(r[READS[cfg.confidence][cfg.alg]], x, cfg.alg)  # (N, n)
             if cfg.eos_last:
-                c = torch.where(torch.isin(x, torch.tensor(eos_ids, dtype=torch.long)), -math.inf, c)
+                c = torch.where(torch.isin(x, torch.tensor(eos_ids, dtype=torch.long, device=device)), -math.inf, c)
             fill = fill_lowest_first(c, n_fill)
         placed = torch.where(fill, x, response.gather(1, positions))  # (N, n)
         ids = torch.cat([ids[:, :P], response.scatter(1, positions, placed)], 1)

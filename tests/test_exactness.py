@@ -97,6 +97,12 @@ def test_the_fused_rule_is_needed():
                  for T in range(1, 65) for eps in EPS_GRID)
     assert differ > 100
     assert unmask_schedule(148, 16, 0.3)[12] == (76, 7)
+    import numpy as np
+
+    t, n = np.linspace(1, 0.3, 17).astype(np.float32), 148  # NumPy's linspace cast to float32: the issue's port
+    for i in range(12):
+        n -= int(np.float32(n * (np.float32(1) - t[i + 1] / t[i])))
+    assert int(np.float32(n * (np.float32(1) - t[13] / t[12]))) == 6  # one fewer than Dream's 7
 
 
 def dream_schedule(L: int, T: int, eps: float) -> list[tuple[int, int]]:
@@ -246,3 +252,24 @@ def test_filter_switches_paths_at_sort_below():
         probs[0, :4] = torch.tensor([0.5, 0.25, 0.125, 0.125])
         assert (entrgi.filter_probs(probs, 0.75) > 0)[0, :4].tolist() == [True, True, True, True]
         assert (entrgi.filter_probs(probs, 0.74) > 0)[0, :4].tolist() == [True, True, False, False]
+
+
+def test_draw_running_sums_are_float64_rounded_to_float32():
+    """The draw's rule: C_j = fl32(float64 running sum), not a float32 scan. Weights (2^24, 1, 1): float64 sums
+    give C = (2^24, 2^24, 2^24 + 2), a float32 scan (CUDA's cumsum of float32, NumPy's and JAX's by default)
+    C = (2^24, 2^24, 2^24); with u = 1 - 2^-24 the rule draws token 2, the float32 scan token 0. The fast path,
+    spec.py and the NumPy port all follow the rule (on the CPU torch's float32 cumsum happens to accumulate
+    in float64; the fast path asks for it on every device)."""
+    import numpy as np
+
+    from conformance import numpy_port
+    import spec
+
+    weights = torch.tensor([[2.0**24, 1.0, 1.0]])  # (1, 3)
+    u = torch.tensor([1 - 2.0**-24])  # (1,)
+    float32_scan = np.cumsum(weights.numpy(), -1)  # float32 accumulation: what the rule is not
+    assert float32_scan[0, -1] == 2.0**24 and int((float32_scan <= np.float32(u.item()) * float32_scan[:, -1:]).sum()) == 0
+    assert sample_categorical(weights, rng.GivenUniforms([u])).tolist() == [2]
+    assert sample_categorical(weights.clone(), rng.GivenUniforms([u]), overwrite=True).tolist() == [2]
+    assert spec.draw(weights, u).tolist() == [2]
+    assert numpy_port.draw(weights.numpy(), u.numpy()).tolist() == [2]
