@@ -129,9 +129,17 @@ def guide(phi, masked, tokens, E, reward_kind, a, method, M, eta, tau, top_p, to
         g = -grad_phi(p, E, np.where(masked[..., None], dR, 0).astype(F32), tau)  # loss = -R
         exp_avg = (F32(BETA1) * exp_avg + F32(1 - BETA1) * g).astype(F32)
         exp_avg_sq = (F32(BETA2) * exp_avg_sq + F32(1 - BETA2) * g * g).astype(F32)
-        denom = np.sqrt(exp_avg_sq) / F32(math.sqrt(1 - BETA2 ** t)) + F32(ADAM_EPS)
+        denom = adam_denominator(exp_avg_sq, t)
         phi = (phi - F32(eta / (1 - BETA1 ** t)) * exp_avg / denom).astype(F32)
     return phi
+
+
+def adam_denominator(exp_avg_sq, t):  # sqrt(v) / sqrt(1 - b2^t) + eps: eps AFTER the root (torch's)
+    return np.sqrt(exp_avg_sq) / F32(math.sqrt(1 - BETA2 ** t)) + F32(ADAM_EPS)
+
+
+def fill_order(score):  # (N, n) -> (N, n): descending score, equal scores lowest position first
+    return np.argsort(-score, -1, kind="stable")
 
 
 def round32(x: Fraction) -> float:
@@ -208,7 +216,7 @@ def unmask(phi, guide_fn, block_masked, n_fill, fill_prob, alg, confidence_sourc
     score = confidence(r, x, alg, normalise=reads != "p")  # q and q_g are renormalised, p sums to 1
     if eos_last:
         score = np.where(np.isin(x, eos_ids), -np.inf, score)
-    order = np.argsort(-score, -1, kind="stable")  # descending, equal scores by position
+    order = fill_order(score)
     fill = np.zeros(block_masked.shape, bool)
     np.put_along_axis(fill, order[:, :n_fill], True, -1)
     return x, fill

@@ -201,6 +201,8 @@ class Spec(Project):
     def guide(self, logits, masked, tokens, E, reward, method, M, eta, tau, top_p, top_k, uniforms):
         import spec
 
+        if len(uniforms) != (0 if method == "expectation" else M):  # spec.guide takes one draw per Adam step
+            raise ValueError(f"{len(uniforms)} given draws for {M} Adam steps of {method}")
         phi = spec.guide(_t(logits), _t(masked), _t(tokens), _t(E), linear_or_tanh(reward), method=method, M=M,
                          lr=eta, tau=tau, top_p=top_p, top_k=top_k, uniforms=[_t(u) for u in uniforms])
         return {"phi": _n(phi)}
@@ -229,16 +231,17 @@ class Spec(Project):
         config = sampler.SamplingConfig(method="bon" if guided is None else "expectation", K=1, T=T, M=1,
                                         max_new_tokens=L, temperature=tau, top_p=top_p, top_k=top_k, alg=alg,
                                         confidence=confidence, eos_last=eos_last, eps=eps)
-        saved = spec.guide
+        saved, source = spec.guide, GivenUniforms(uniforms)
         spec.guide = lambda phi, *args, **kwargs: _t(guided)  # the step's guided logits, as given
         try:
             spec.generate(denoise, torch.zeros(N, 1, dtype=torch.long), torch.ones(N, 1, dtype=torch.bool), config,
                           mask_id=mask_id, eos_ids=list(eos_ids), E=torch.zeros(logits.shape[-1], 1),
-                          reward=None, uniforms=GivenUniforms(uniforms))
+                          reward=None, uniforms=source)
         except Stop:
             pass
         finally:
             spec.guide = saved
+        _replayed(source)  # every given draw used
         return {"response": _n(seen[0])}
 
     def generate(self, prompt, K, L, T, M, eta, tau, top_p, top_k, alg, confidence, eos_last, eps, method,
@@ -254,9 +257,11 @@ class Spec(Project):
         def denoise(ids, keep, positions):
             return table[positions - P, ids.gather(1, positions - 1)]  # (N, n, V)
 
+        source = GivenUniforms(uniforms)
         response = spec.generate(denoise, prompt, torch.ones_like(prompt, dtype=torch.bool), config,
                                  mask_id=mask_id, eos_ids=list(eos_ids), E=_t(E),
-                                 reward=linear_or_tanh({"kind": "tanh", "a": a}), uniforms=GivenUniforms(uniforms))
+                                 reward=linear_or_tanh({"kind": "tanh", "a": a}), uniforms=source)
+        _replayed(source)  # every given draw used
         return {"response": _n(response)}
 
 

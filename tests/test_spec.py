@@ -35,7 +35,7 @@ import rng
 import sampler
 import spec
 from test_exactness import Recording
-from test_sampler import EOS_ID, MASK_ID, V, ToyDenoiser, config, linear_reward, padded_prompts
+from test_sampler import EOS_ID, MASK_ID, ToyDenoiser, config, linear_reward, padded_prompts
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -57,11 +57,12 @@ kinds = st.sampled_from(["normal", "grid", "neg_inf"])
 
 @settings(max_examples=60, deadline=None)
 @given(seed=seeds, kind=kinds, v=st.integers(2, 40), method=st.sampled_from(entrgi.METHODS),
-       tau=st.sampled_from([0.3, 0.7, 1.0, 2.0]))
-def test_entropy_weight_and_relaxations_and_their_gradient(seed, kind, v, method, tau):
+       tau=st.sampled_from([0.3, 0.7, 1.0, 2.0]), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_entropy_weight_and_relaxations_and_their_gradient(seed, kind, v, method, tau, dtype):
+    """In float32 and in bfloat16 (the reward model's embedding dtype on a GPU: the relaxation runs in it)."""
     phi = rand_logits(seed, (3, 4, v), kind)
     g = torch.Generator().manual_seed(seed + 1)
-    E = torch.randn(v, 5, generator=g)
+    E = torch.randn(v, 5, generator=g).to(dtype)
     x = torch.randint(0, v, (3, 4), generator=g)
     c = torch.randn(5, generator=g)
     torch.testing.assert_close(entrgi.entropy_weight(phi), spec.entropy_weight(phi), rtol=1e-6, atol=1e-7)
@@ -69,7 +70,7 @@ def test_entropy_weight_and_relaxations_and_their_gradient(seed, kind, v, method
     for f in (lambda p: entrgi.reward_inputs(p, E, x, method, tau), lambda p: spec.relaxations(p, E, x, method, tau)):
         p = phi.clone().requires_grad_(True)
         e_hat = f(p)  # (3, 4, 5)
-        (grad,) = torch.autograd.grad((e_hat @ c).sum(), [p])
+        (grad,) = torch.autograd.grad((e_hat.float() @ c).sum(), [p])
         out.append((e_hat.detach(), grad))
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-6, atol=1e-7)
@@ -93,7 +94,8 @@ def prob_rows(draw):
 def test_filter_equals_the_reference(rows, data, top_k):
     probs, exact = rows
     Z = probs.double().sum(-1, keepdim=True)  # (R, 1)
-    above = torch.stack([(probs * (probs > probs[:, j:j + 1])).double().sum(-1) for j in range(probs.shape[1])], -1)
+    rows = probs.double().unsqueeze(1)  # (R, 1, V)
+    above = (rows * (rows > probs.double().unsqueeze(-1))).sum(-1)  # (R, V) S(p_j): the mass strictly above p_j
     top_p = data.draw(st.one_of(st.sampled_from((above / Z).flatten().tolist()), st.floats(0.01, 0.999)))
     if not 0 < top_p < 1:
         top_p = 0.5
@@ -125,27 +127,29 @@ def test_draws_from_given_uniforms_equal_the_reference(seed, kind, v, edge):
 def tanh_reward(d: int, seed: int = 5):
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(d, generator=g)
-    return lambda embeds, tokens: torch.tanh(embeds @ c).sum(-1)  # (N, n, d) -> (N,)
+    return lambda embeds, tokens: torch.tanh(embeds.float() @ c).sum(-1)  # (N, n, d) -> (N,)
 
 
 @settings(max_examples=40, deadline=None)
 @given(seed=seeds, kind=kinds, method=st.sampled_from(entrgi.METHODS), M=st.integers(1, 3),
-       reward_kind=st.sampled_from(["linear", "tanh", "tokens"]), top_k=st.sampled_from([None, 3]))
-def test_guide_equals_the_reference(seed, kind, method, M, reward_kind, top_k):
+       reward_kind=st.sampled_from(["linear", "tanh", "tokens"]), top_k=st.sampled_from([None, 3]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_guide_equals_the_reference(seed, kind, method, M, reward_kind, top_k, dtype):
+    """E in float32 and in bfloat16 (the GPU job's embedding dtype); phi and Adam are float32 in both."""
     N, n, v, d, tau = 2, 5, 12, 6, 0.7
     phi = rand_logits(seed, (N, n, v), kind)
     g = torch.Generator().manual_seed(seed + 7)
-    E = torch.randn(v, d, generator=g)
+    E = torch.randn(v, d, generator=g).to(dtype)
     masked = torch.rand(N, n, generator=g) < 0.7
     tokens = torch.randint(0, v, (N, n), generator=g)
     if reward_kind == "linear":
         c = torch.randn(d, generator=g)
-        reward = lambda embeds, toks: (embeds @ c).sum(-1)  # noqa: E731
+        reward = lambda embeds, toks: (embeds.float() @ c).sum(-1)  # noqa: E731
     elif reward_kind == "tanh":
         reward = tanh_reward(d, seed % 7)
     else:  # reads the tokens too (R's end-of-response cut-off reads argmax phi at masked positions)
         c = torch.randn(d, generator=g)
-        reward = lambda embeds, toks: ((embeds @ c) * (1.0 + (toks % 3 == 0))).sum(-1)  # noqa: E731
+        reward = lambda embeds, toks: ((embeds.float() @ c) * (1.0 + (toks % 3 == 0))).sum(-1)  # noqa: E731
     draws = [] if method == "expectation" else [torch.rand(N, n, generator=g) for _ in range(M)]
     kw = dict(method=method, lr=0.5, top_p=0.9, top_k=top_k)
     fast = entrgi.guide(phi, masked, tokens, E, reward, steps=M, temperature=tau,
@@ -156,16 +160,6 @@ def test_guide_equals_the_reference(seed, kind, method, M, reward_kind, top_k):
     assert torch.equal(finite, fast.isfinite())
     torch.testing.assert_close(fast[finite], ref[finite], rtol=1e-5, atol=1e-4)
     assert torch.equal(fast[~masked], phi[~masked].float())  # unmasked positions untouched
-
-
-class Replay:
-    """A UniformSource handing out given uniforms and ignoring the device (spec.generate asks uniform(shape))."""
-
-    def __init__(self, draws):
-        self.source = rng.GivenUniforms(draws)
-
-    def uniform(self, shape, device=None):
-        return self.source.uniform(shape, device)
 
 
 @settings(max_examples=60, deadline=None)
@@ -184,8 +178,7 @@ def test_generation_equals_the_reference_token_for_token(method, alg, source, eo
     recording = Recording(seed)
     hook = sampler.reward_guidance(score, E, cfg, generator=recording) if cfg.guided else None
     fast = sampler.generate(toy, ids, keep, cfg, mask_id=MASK_ID, eos_id=EOS_ID, guidance=hook, generator=recording)
-    replay = Replay(recording.draws)
+    replay = rng.GivenUniforms(recording.draws)
     ref = spec.generate(toy, ids, keep, cfg, mask_id=MASK_ID, eos_ids=[EOS_ID], E=E, reward=score, uniforms=replay)
     assert torch.equal(fast, ref)
-    assert replay.source.taken == len(recording.draws)  # the same draws, all of them
-    assert V == 16
+    assert replay.taken == len(recording.draws)  # the same draws, all of them
