@@ -102,7 +102,15 @@ class Session:
         """
         config = self.config(**sampling, method=method)
         batch_size = run.DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise ValueError(f"prompts must be a list of strings or experiment.Prompts, got {type(prompts).__name__}")
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+            raise ValueError(f"seeds must be a list of integers, got {seeds!r}")
         items = [p if isinstance(p, Prompt) else Prompt(i, p, {}, f"prompt {i}") for i, p in enumerate(prompts)]
+        for item in items:  # the prompts files' rule (experiment.read_prompts): a non-empty string
+            if not isinstance(item.text, str) or not item.text.strip():
+                raise ValueError(f"{item.where}: the prompt is " + ("empty" if isinstance(item.text, str) else
+                                                                    "not a string"))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         for seed in seeds:

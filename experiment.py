@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -280,17 +281,35 @@ class Store:
         ordered = [found[key] for key in order if key in found]
         wanted = set(order)
         rest = [record for key, record in found.items() if key not in wanted]
-        target = self.directory / RECORDS
-        tmp = self.directory / f".{RECORDS}.tmp"
-        with open(tmp, "wb") as handle:
-            for record in ordered + rest:
-                handle.write((json.dumps(record) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                for record in ordered + rest:
+                    handle.write((json.dumps(record) + "\n").encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        atomic_write(self.directory / RECORDS, write)
         for path in self.files()[1:]:
             path.unlink()
         return ordered
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename: no partial file; the file gets the mode open() would give (umask).
+
+    The one writer of every output file (records.jsonl's merge, config.json, the summaries, --output)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- summary

@@ -122,7 +122,7 @@ def flag(field: str) -> str:
 
 def experiment_options(group) -> None:
     """The options of `--prompts` runs (all None/False by default, so that a single run can refuse them)."""
-    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and the summary (summary.json, .md, .png) go here; "
+    group.add_argument("--output-dir", metavar="DIR", help="records.jsonl, config.json and the summary (summary.json, .md, .png, .plot.json) go here; "
                        "with --report, the merged summary")
     group.add_argument("--methods", help=f"comma-separated methods (default: {','.join(EXPERIMENT_METHODS)})")
     group.add_argument("--seeds", help="comma-separated seeds (default: --seed)")
@@ -213,9 +213,9 @@ def check_output_path(path: str | Path, flag: str = "--output") -> Path:
 
 def write_json_atomically(path: Path, payload: dict) -> None:
     """Write to a temporary file beside `path`, then rename: no partial file, ever; the file gets the
-    mode an ordinary open() gives a new file (summaries.atomic_write, the one place for both)."""
+    mode an ordinary open() gives a new file (experiment.atomic_write, the one writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    summaries.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    experiment.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
 
 def decode_responses(tokenizer, tokens: Tensor, end_ids) -> list[str]:
@@ -442,10 +442,10 @@ def run(args) -> dict:
     With --dry-run, returns {"plan": [lines]} without reading any weight.
     """
     config = config_from_args(args)
-    given = [flag for flag in ("output_dir", "methods", "seeds", "batch_size", "resume", "eval_reward_model")
-             if getattr(args, flag) not in (None, False)]
+    given = [dest for dest in ("output_dir", "methods", "seeds", "batch_size", "resume", "eval_reward_model")
+             if getattr(args, dest) not in (None, False)]
     if given:
-        raise UsageError(f"--{given[0].replace('_', '-')} is for --prompts runs")
+        raise UsageError(f"{flag(given[0])} is for --prompts runs")
     refuse_dataset_options(args, "--prompt")
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
@@ -512,9 +512,9 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 
 def refuse_dataset_options(args, what: str) -> None:
-    given = [flag for flag in DATASET_FLAGS if getattr(args, flag) is not None]
+    given = [dest for dest in DATASET_FLAGS if getattr(args, dest) is not None]
     if given:
-        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset runs, not {what}")
+        raise UsageError(f"{flag(given[0])} is for --dataset runs, not {what}")
 
 
 def prompt_selection(args, seeds: list[int]) -> tuple[prompt_sets.Source | None, dict[int, list]]:
@@ -720,10 +720,11 @@ def experiment_loop(args, ddp: experiment.Distributed) -> int:
 def run_report(args) -> int:
     """`--report DIR...`: the runs' summaries recomputed from their records, one report (no model is loaded)."""
     try:
-        used = [f for f in ("prompt", "prompts", "dataset", "output", "methods", "seeds", "batch_size", "resume",
-                            "eval_reward_model", "dry_run", *DATASET_FLAGS) if getattr(args, f) not in (None, False)]
+        parser = build_parser()  # every option but --output-dir and --no-progress is another mode's: refused if given
+        used = [dest for dest, value in vars(args).items()
+                if dest not in ("report", "output_dir", "no_progress") and value != parser.get_default(dest)]
         if used:
-            raise UsageError(f"--{used[0].replace('_', '-')} is not for --report")
+            raise UsageError(f"{flag(used[0])} is not for --report")
         output = check_output_path(Path(args.output_dir) / experiment.SUMMARY, "--output-dir") \
             if args.output_dir is not None else None
         if output is not None and (output.parent / experiment.RECORDS).exists():

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import experiment
@@ -43,9 +41,6 @@ SUMMARY_MD = "summary.md"
 SUMMARY_PNG = "summary.png"
 PLOT_DATA = "summary.plot.json"
 PLOTTED = ("top1_reward", "avgN_reward")
-
-
-PAPER_SEEDS = (1, 2, 3)  # the authors' seeds (SPEC §6)
 
 
 def paper_configuration(config: dict) -> dict | None:
@@ -61,7 +56,8 @@ def paper_configuration(config: dict) -> dict | None:
             or dataset.get("subset_field") is not None or dataset.get("subset_seed") is not None
             or settings.get("sampling") != sampling or settings.get("dllm") != models.DEFAULT_DLLM
             or settings.get("reward_model") != models.DEFAULT_REWARD
-            or sorted(config.get("seeds") or []) != list(PAPER_SEEDS)):
+            or sorted(config.get("seeds") or []) != list(prompt_sets.PAPER_SEEDS)
+            or settings.get("dtype") != "bfloat16"):  # the authors' dtype
         return None
     return dict(preset.published_top1)
 
@@ -93,18 +89,23 @@ def read_run(directory: Path) -> dict:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
         raise UsageError(f"--report {config_path} is not a configuration this program wrote") from None
-    if not isinstance(config, dict) or not isinstance(config.get("methods"), list) \
-            or not isinstance(config.get("seeds"), list):
-        raise UsageError(f"--report {config_path} is not a configuration this program wrote")
-    methods, seeds = set(config["methods"]), set(config["seeds"])
+    foreign = UsageError(f"--report {config_path} is not a configuration this program wrote")
+    if not isinstance(config, dict):
+        raise foreign
+    methods, seeds = config.get("methods"), config.get("seeds")
+    if not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)
+            and isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)
+            and isinstance(config.get("settings", {}), dict) and isinstance(config.get("dataset") or {}, dict)):
+        raise foreign
     records = [r for r in experiment.read_records(records_path)[0] if r.get("fingerprint") == config.get("fingerprint")
-               and r.get("method") in methods and r.get("seed") in seeds]  # the run's records only
+               and r.get("method") in set(methods) and r.get("seed") in set(seeds)]  # the run's records only
     if not records:
         raise UsageError(f"--report {directory} holds no record of its configuration")
     try:
         return benchmark_summary(config, records)
-    except (KeyError, TypeError, ValueError) as error:
-        raise UsageError(f"--report {records_path} holds a record this program did not write ({error!r})") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"--report {directory} holds a record or setting this program did not write "
+                         f"({error!r})") from None
 
 
 def merge(directories: list[str]) -> list[dict]:
@@ -211,21 +212,6 @@ def plot(benchmarks: list[dict]):
 # --------------------------------------------------------------------------- files
 
 
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename: no partial file; the file gets the mode open() would give (umask)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(directory: Path, benchmarks: list[dict], summary: dict) -> str | None:
     """summary.json (`summary`), summary.md, summary.png and summary.plot.json into `directory`.
 
@@ -233,8 +219,8 @@ def write(directory: Path, benchmarks: list[dict], summary: dict) -> str | None:
     """
     directory.mkdir(parents=True, exist_ok=True)
     text = lambda data: (lambda tmp: Path(tmp).write_text(data))  # noqa: E731
-    atomic_write(directory / experiment.SUMMARY, text(json.dumps(summary, indent=2)))
-    atomic_write(directory / SUMMARY_MD, text(markdown(benchmarks)))
+    experiment.atomic_write(directory / experiment.SUMMARY, text(json.dumps(summary, indent=2)))
+    experiment.atomic_write(directory / SUMMARY_MD, text(markdown(benchmarks)))
     try:
         figure, panels = plot(benchmarks)
     except ImportError:
@@ -242,8 +228,8 @@ def write(directory: Path, benchmarks: list[dict], summary: dict) -> str | None:
     import matplotlib.pyplot as plt
 
     try:
-        atomic_write(directory / SUMMARY_PNG, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+        experiment.atomic_write(directory / SUMMARY_PNG, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     finally:
         plt.close(figure)
-    atomic_write(directory / PLOT_DATA, text(json.dumps(panels, indent=2)))
+    experiment.atomic_write(directory / PLOT_DATA, text(json.dumps(panels, indent=2)))
     return None

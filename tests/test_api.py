@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import api  # noqa: E402
 import experiment  # noqa: E402
+import replicas  # noqa: E402
 import run  # noqa: E402
 from models import UsageError  # noqa: E402
 
@@ -30,10 +31,7 @@ SAMPLING = {"K": 2, "T": 4, "max_new_tokens": 6}
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    replicas.hub_offline(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +124,15 @@ def test_prompts_too_long_for_the_eval_model_are_refused_before_any_work(session
         session.generate(["Hi", "a longer prompt " * 4], K=2, T=2, max_new_tokens=8)
     with pytest.raises(ValueError, match="seeds must be integers"):
         session.generate(["Hi"], seeds=[-1], K=2, T=2, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("prompts, seeds, message", [
+    ([""], (0,), "prompt 0: the prompt is empty"), (["Hi", "   "], (0,), "prompt 1: the prompt is empty"),
+    ([3], (0,), "prompt 0: the prompt is not a string"), ("Hi", (0,), "prompts must be a list"),
+    (["Hi"], 5, "seeds must be a list of integers"),
+])
+def test_bad_prompts_and_seeds_are_value_errors_before_any_work(session, monkeypatch, prompts, seeds, message):
+    """What the CLI refuses with one line, the API refuses with a ValueError, before any batch runs."""
+    monkeypatch.setattr(run, "generate_batch", lambda *a, **k: pytest.fail("a batch ran before the check"))
+    with pytest.raises(ValueError, match=message):
+        session.generate(prompts, seeds=seeds, K=2, T=2, max_new_tokens=8)

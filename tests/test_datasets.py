@@ -30,6 +30,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prompt_sets  # noqa: E402
+import replicas  # noqa: E402
 import run  # noqa: E402
 
 datasets = pytest.importorskip("datasets", reason="the experiments extra (datasets) is not installed")
@@ -42,10 +43,7 @@ TINY = ["--dllm", "tiny", "--reward-model", "tiny", "--device", "cpu", "--T", "3
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    replicas.hub_offline(monkeypatch)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 

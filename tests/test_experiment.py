@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import entrgi  # noqa: E402
 import experiment  # noqa: E402
 import rng  # noqa: E402
+import replicas  # noqa: E402
 import run  # noqa: E402
 import summaries  # noqa: E402
 
@@ -80,10 +81,7 @@ FLOATS = ("mean_entropy_weight", "rewards", "token_rewards", "eval_rewards", "to
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    replicas.hub_offline(monkeypatch)
 
 
 def env() -> dict:
@@ -681,7 +679,7 @@ def test_published_top1_is_drawn_for_the_papers_configuration():
                           "prompt_field": "question", "subset_size": 64, "subset_field": None, "subset_seed": None},
               "settings": {"sampling": {k: v for k, v in dc.asdict(SamplingConfig()).items() if k != "method"},
                            "dllm": "Dream-org/Dream-v0-Instruct-7B",
-                           "reward_model": "Skywork/Skywork-Reward-V2-Qwen3-1.7B"}}
+                           "reward_model": "Skywork/Skywork-Reward-V2-Qwen3-1.7B", "dtype": "bfloat16"}}
     rows = [{"id": i, "seed": s, "method": m, "top1_reward": i + s + (m == "entrgi"), "avgN_reward": i - s}
             for i in range(4) for s in (1, 2, 3) for m in ("entrgi", "bon")]
     summary = summaries.benchmark_summary(config, rows)
@@ -695,6 +693,8 @@ def test_published_top1_is_drawn_for_the_papers_configuration():
     other = {**config, "settings": {**config["settings"], "sampling": {**config["settings"]["sampling"], "T": 64}}}
     assert summaries.benchmark_summary(other, rows)["published_top1"] is None
     assert summaries.benchmark_summary({**config, "seeds": [0, 1, 2]}, rows)["published_top1"] is None  # not its seeds
+    float32 = {**config, "settings": {**config["settings"], "dtype": "float32"}}
+    assert summaries.benchmark_summary(float32, rows)["published_top1"] is None  # not the authors' bfloat16
 
 
 def test_report_merges_run_directories(seeded, runs, tmp_path, capsys):
@@ -730,7 +730,13 @@ def test_report_refuses_dry_run_and_foreign_directories(seeded, tmp_path, capsys
     capsys.readouterr()
     assert run.main(["--report", str(seeded), "--output-dir", str(tmp_path / "r"), "--dry-run"]) == 2
     assert "--dry-run is not for --report" in capsys.readouterr().err and not (tmp_path / "r").exists()
-    for name, config, record in [("list", [], None), ("no top1", None, "top1_reward")]:
+    assert run.main(["--report", str(seeded), "--output-dir", str(tmp_path / "r"), "--K", "9"]) == 2
+    assert "--K is not for --report" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    config = json.loads((seeded / "config.json").read_text())
+    foreign = [("list", [], None), ("no top1", None, "top1_reward"), ("dataset str", {**config, "dataset": "x"}, None),
+               ("settings list", {**config, "settings": []}, None), ("methods nested", {**config, "methods": [["a"]]}, None),
+               ("seeds dicts", {**config, "seeds": [{}]}, None)]
+    for name, config, record in foreign:
         broken = tmp_path / name
         shutil.copytree(seeded, broken)
         if config is not None:

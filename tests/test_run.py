@@ -71,10 +71,7 @@ TINY = ["--dllm", "tiny", "--reward-model", "tiny", "--T", str(T), "--max-new-to
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """Hub offline: nothing may be downloaded (huggingface_hub reads the variable at import, so patch both)."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    replicas.hub_offline(monkeypatch)
 
 
 @pytest.fixture
